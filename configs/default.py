@@ -1,0 +1,84 @@
+r"""Quick scenario: HADFL on the embedded UCI digits, a few seconds of CPU.
+
+The default of the quick start and of CI. Eight devices with speeds 1..8, IID shards of
+the 1,437 training digits, a small MLP.
+
+  python -m hadfl_jax.main --config configs/default.py --workdir /tmp/hadfl_quick
+
+Every other config imports this one and overrides what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The complete set of fields, with the quick scenario's values."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.algorithm = 'hadfl'
+
+  # Data: a TFDS name ('digits', 'mnist_idx', or a catalog name such as 'mnist').
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'digits'
+  config.dataset.train_split = 'train'
+  config.dataset.test_split = 'test'
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
+  config.dataset.idx_dir = ml_collections.config_dict.placeholder(str)  # For mnist_idx.
+
+  # How the training set is split over the devices.
+  config.partition = ml_collections.ConfigDict()
+  config.partition.kind = 'iid'  # iid | dirichlet | shards | quantity
+  config.partition.alpha = 0.5  # Dirichlet label skew.
+  config.partition.classes_per_device = 2  # shards
+  config.partition.quantity_alpha = 1.0  # quantity skew
+  config.partition.min_examples = 1
+
+  config.num_devices = 8
+  config.model = 'digits_mlp'
+  config.batch_size = 32
+
+  # Each device's local optimizer.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'sgd'  # sgd | momentum | adam
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 0.0
+
+  # Device heterogeneity (hadfl_jax/core/profiles.py).
+  config.profile = ml_collections.ConfigDict()
+  config.profile.kind = 'list'  # list | tiers | geometric | lognormal
+  config.profile.speeds = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0]  # relative
+  config.profile.ratio = 8.0  # geometric: fastest / slowest
+  config.profile.sigma = 0.8  # lognormal
+  config.profile.seconds_per_step = 0.01  # of the fastest device
+  config.profile.jitter_sigma = 0.0  # per-cycle speed jitter
+  config.profile.speed_ema = 0.9  # coordinator's EMA of observed speeds
+  config.profile.bandwidth_mbps = 100.0
+  config.profile.latency_s = 0.005
+  config.profile.bytes_per_param = 4
+
+  # HADFL's choices (HADFL.md, "One HADFL cycle").
+  config.hadfl = ml_collections.ConfigDict()
+  config.hadfl.rho = 0.5
+  config.hadfl.selection = 'version'  # version | speed | uniform | staleness
+  config.hadfl.weights = 'data'  # data | uniform | steps | version
+  config.hadfl.opt_state = 'average'  # average | keep | reset
+  config.hadfl.t_local = 0.1  # simulated seconds of local training per cycle
+  config.hadfl.h_cap = 1000
+
+  # Faults (HADFL.md, step 5).
+  config.faults = ml_collections.ConfigDict()
+  config.faults.p_drop = 0.0
+  config.faults.p_sync_fail = 0.0
+  config.faults.down_trace = ()  # rows (device, first_cycle, end_cycle)
+
+  # The run.
+  config.num_cycles = 60
+  config.max_sim_time = 0.0  # simulated seconds; 0 means no limit
+  config.eval_every = 5
+  config.eval_batch_size = 1000
+  config.device_eval_examples = 1000  # test examples for per-device accuracy
+  config.target_accuracy = 0.9
+  config.stop_at_target = False
+  config.checkpoint_every = 0  # cycles; 0 disables checkpoints
+  return config

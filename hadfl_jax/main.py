@@ -1,0 +1,26 @@
+r"""Runs one algorithm on one scenario.
+
+  python -m hadfl_jax.main --config configs/default.py --workdir /tmp/hadfl_quick \
+      --config.num_devices=16 --config.hadfl.rho=0.25
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from hadfl_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl, summary.json.')
+config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
