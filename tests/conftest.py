@@ -1,66 +1,14 @@
-"""Shared fixtures: tiny problems whose answers can be checked by hand or by a loop."""
-
-import os
-import pathlib
+"""Test configuration: strict rank promotion, shared fixtures."""
 
 import jax
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 
-import flax.linen as nn  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
-import numpy as np
-import optax
-import pytest
+import pytest  # pylint: disable=g-import-not-at-top
 
-from hadfl_jax import data as data_lib
-from hadfl_jax.algorithms import base
-from hadfl_jax.core import profiles
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_MNIST = pathlib.Path(os.environ.get('HADFL_MNIST_DIR', REPO.parent / 'shared' / 'data' / 'mnist'))
-
-
-class TinyNet(nn.Module):
-  """A linear classifier on flattened 4x4 images: fast, yet a real model."""
-
-  num_classes: int = 3
-
-  @nn.compact
-  def __call__(self, x):
-    x = x.reshape((x.shape[0], -1))
-    return nn.Dense(self.num_classes)(nn.tanh(nn.Dense(5)(x)))
-
-
-def make_tiny_problem(num_devices=4, speeds=(1.0, 2.0, 3.0, 4.0), optimizer=None,
-                      counts=None, batch_size=3, seed=0):
-  """A tiny problem: random 4x4 images, 3 classes, shards of different sizes."""
-  rng = np.random.default_rng(seed)
-  counts = counts or [5 + 2 * i for i in range(num_devices)]
-  total = sum(counts)
-  images = rng.integers(0, 256, size=(total, 4, 4, 1), dtype=np.uint8)
-  labels = rng.integers(0, 3, size=(total,)).astype(np.int32)
-  bounds = np.cumsum([0] + list(counts))
-  parts = [np.arange(bounds[i], bounds[i + 1]) for i in range(num_devices)]
-  device_data = data_lib.DeviceData.from_partition(images, labels, parts)
-  model = TinyNet()
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 4, 4, 1)))['params']
-  profile = profiles.DeviceProfile(
-      speed_N=np.asarray(speeds, np.float64) * 10.0,
-      bandwidth_N=np.full(num_devices, 1e5),
-      latency=0.01,
-  )
-  problem = base.Problem(
-      model=model,
-      optimizer=optimizer or optax.sgd(0.1, momentum=0.9),
-      init_params=params,
-      profile=profile,
-      num_examples_N=np.asarray(counts, np.int64),
-      batch_size=batch_size,
-  )
-  return problem, device_data
+from tests import fixtures  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture
 def tiny_problem():
-  return make_tiny_problem()
+  return fixtures.make_tiny_problem()
