@@ -130,11 +130,13 @@ def test_failed_sync_member_keeps_what_it_learned():
   algo = hadfl.Hadfl(problem, options)
   state = algo.init(jax.random.PRNGKey(4))
   cycle = jax.jit(algo.cycle)
+  train = jax.jit(lambda devices, budgets: hadfl.local.masked_local_train(
+      algo._device_step, devices, data, budgets))  # pylint: disable=protected-access
+  plan_fn = jax.jit(algo.plan)
   seen_partial = False
   for _ in range(6):
-    plan = jax.device_get(algo.plan(state))
-    trained, _ = jax.jit(lambda s: hadfl.local.masked_local_train(
-        algo._device_step, s.devices, data, plan['budgets_N']))(state)  # pylint: disable=protected-access
+    plan = jax.device_get(plan_fn(state))
+    trained, _ = train(state.devices, plan['budgets_N'])
     state, info = cycle(state, data)
     failed = np.flatnonzero(plan['selected_N'] & ~np.asarray(info.synced_N))
     for i in failed:  # A member that failed during the sync keeps its own trained model.

@@ -10,6 +10,7 @@ tolerance. It is slow on purpose and never used to train.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -22,6 +23,11 @@ from hadfl_jax.core import local
 
 def _to_numpy(tree):
   return jax.tree.map(lambda x: np.array(x), tree)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_device_step(apply_fn, optimizer, batch_size):
+  return jax.jit(local.make_device_step(apply_fn, optimizer, batch_size))
 
 
 def reference_cycle(algorithm: hadfl_lib.Hadfl, state: hadfl_lib.HadflState, data):
@@ -74,7 +80,7 @@ def reference_cycle(algorithm: hadfl_lib.Hadfl, state: hadfl_lib.HadflState, dat
     budgets.append(min(max(h, 1), opts.h_cap) if up[i] else 0)
 
   # Local training: one device at a time, one step at a time.
-  step = jax.jit(local.make_device_step(problem.model.apply, problem.optimizer, problem.batch_size))
+  step = _jitted_device_step(problem.model.apply, problem.optimizer, problem.batch_size)
   params = [jax.tree.map(lambda x, i=i: x[i], state.devices.params) for i in range(n)]
   opt_state = [jax.tree.map(lambda x, i=i: x[i], state.devices.opt_state) for i in range(n)]
   steps = [int(s) for s in np.asarray(state.devices.steps)]

@@ -1,0 +1,170 @@
+"""Models: the patches convolution and pooling against the standard ops, shapes, counts."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hadfl_jax import models
+from hadfl_jax.models import layers
+
+# float32 convolutions summed in a different order agree to about 1e-6 relative.
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def _normal(seed, shape):
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+@pytest.mark.parametrize('kernel_size', [1, 2, 3, 5])
+@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
+def test_patches_conv_matches_lax_values_and_grads(kernel_size, padding):
+  # Odd, non-square images; an even kernel makes SAME padding asymmetric (0 low, 1 high).
+  x = _normal(0, (2, 7, 6, 3))
+  kernel = _normal(1, (kernel_size, kernel_size, 3, 4))
+  cotangent = _normal(2, layers.conv2d_lax(x, kernel, padding).shape)
+
+  def loss(conv, x, kernel):
+    return jnp.sum(conv(x, kernel, padding) * cotangent)
+
+  value_and_grads = jax.jit(jax.value_and_grad(loss, argnums=(1, 2)), static_argnums=0)
+  value_patches, grads_patches = value_and_grads(layers.conv2d_patches, x, kernel)
+  value_lax, grads_lax = value_and_grads(layers.conv2d_lax, x, kernel)
+  np.testing.assert_allclose(value_patches, value_lax, **TOL)
+  np.testing.assert_allclose(
+      layers.conv2d_patches(x, kernel, padding), layers.conv2d_lax(x, kernel, padding), **TOL)
+  for g_patches, g_lax in zip(grads_patches, grads_lax):
+    np.testing.assert_allclose(g_patches, g_lax, **TOL)
+
+
+def test_patches_conv_rejects_unknown_padding():
+  with pytest.raises(ValueError, match='CIRCULAR'):
+    layers.conv2d_patches(_normal(0, (1, 4, 4, 1)), _normal(1, (3, 3, 1, 2)), 'CIRCULAR')
+
+
+@pytest.mark.parametrize('impl', layers.CONV_IMPLS)
+def test_conv2d_module_matches_flax_conv_with_same_params(impl):
+  x = _normal(0, (2, 5, 5, 3))
+  reference = nn.Conv(features=4, kernel_size=(3, 3), padding='SAME')
+  params = reference.init(jax.random.key(1), x)['params']
+  # A non-zero bias, so that the bias broadcast is checked too.
+  params = dict(params, bias=_normal(2, (4,)))
+  module = layers.Conv2D(features=4, kernel_size=3, impl=impl)
+  own_params = module.init(jax.random.key(1), x)['params']
+  # Same tree, same shapes, and the same initialisation from the same key.
+  assert jax.tree.map(jnp.shape, own_params) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(own_params['kernel'], reference.init(
+      jax.random.key(1), x)['params']['kernel'])
+  np.testing.assert_allclose(
+      module.apply({'params': params}, x), reference.apply({'params': params}, x), **TOL)
+
+
+def test_conv2d_rejects_unknown_impl():
+  module = layers.Conv2D(features=2, impl='winograd')
+  with pytest.raises(ValueError, match='winograd'):
+    module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 4, 3), (1, 7, 5, 2), (1, 2, 2, 1)])
+def test_max_pool_matches_flax_values_and_grads(shape):
+  # Continuous random values have no ties, where the two gradients are defined alike.
+  x = _normal(0, shape)
+
+  def flax_pool(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), flax_pool(x))
+  cotangent = _normal(1, flax_pool(x).shape)
+  grad_ours = jax.grad(lambda x: jnp.sum(layers.max_pool_2x2(x) * cotangent))(x)
+  grad_flax = jax.grad(lambda x: jnp.sum(flax_pool(x) * cotangent))(x)
+  np.testing.assert_array_equal(grad_ours, grad_flax)
+
+
+# Parameter counts by hand: a dense layer has in * out + out, a 3x3 conv 9 * C * F + F.
+PARAM_COUNTS = {
+    # 784-200-200-10.
+    ('mlp', (28, 28, 1)): (784 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10),  # 199,210
+    # 784-64-64-10.
+    ('small_mlp', (28, 28, 1)): (784 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10),  # 55,050
+    # 64-64-10.
+    ('digits_mlp', (8, 8, 1)): (64 * 64 + 64) + (64 * 10 + 10),  # 4,810
+    # conv16 (8x8 -> pool 4x4), conv32 (4x4 -> pool 2x2), 2*2*32 = 128 -> 64 -> 10.
+    ('digits_cnn', (8, 8, 1)): ((9 * 1 * 16 + 16) + (9 * 16 * 32 + 32)
+                                + (2 * 2 * 32 * 64 + 64) + (64 * 10 + 10)),  # 13,706
+    # conv32 (28 -> 14), conv64 (14 -> 7), 7*7*64 = 3136 -> 128 -> 10.
+    ('cnn', (28, 28, 1)): ((9 * 1 * 32 + 32) + (9 * 32 * 64 + 64)
+                           + (7 * 7 * 64 * 128 + 128) + (128 * 10 + 10)),  # 421,642
+    # conv32 (32 -> 16), conv64 (16 -> 8), 8*8*64 = 4096 -> 128 -> 10.
+    ('cnn', (32, 32, 3)): ((9 * 3 * 32 + 32) + (9 * 32 * 64 + 64)
+                           + (8 * 8 * 64 * 128 + 128) + (128 * 10 + 10)),  # 545,098
+}
+
+
+@pytest.mark.parametrize(('name', 'image_shape'), list(PARAM_COUNTS))
+def test_param_counts_and_output_shapes(name, image_shape):
+  model = models.get_model(name, num_classes=10)
+  x = jnp.zeros((3,) + image_shape, jnp.float32)
+  # eval_shape: counting needs no FLOPs.
+  params = jax.eval_shape(model.init, jax.random.key(0), x)['params']
+  assert models.count_params(params) == PARAM_COUNTS[(name, image_shape)]
+  logits = jax.eval_shape(model.apply, {'params': params}, x)
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+
+
+def test_every_model_runs_and_is_stateless():
+  assert set(models.MODELS) >= {'mlp', 'small_mlp', 'digits_mlp', 'digits_cnn', 'cnn'}
+  for name in models.MODELS:
+    model = models.get_model(name, num_classes=7)
+    x = _normal(0, (2, 8, 8, 1))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    assert set(variables) == {'params'}, name  # No batch stats or other mutable state.
+    logits = jax.jit(model.apply)(variables, x)
+    assert logits.shape == (2, 7) and bool(jnp.all(jnp.isfinite(logits))), name
+
+
+def test_unknown_model_name_lists_the_registered_ones():
+  with pytest.raises(ValueError, match='resnet') as error:
+    models.get_model('resnet', num_classes=10)
+  for name in models.MODELS:
+    assert repr(name) in str(error.value)
+
+
+def test_cnn_conv_impls_share_params_values_and_grads():
+  patches_model = models.get_model('cnn', num_classes=10)
+  assert patches_model.conv_impl == 'patches'
+  lax_model = patches_model.clone(conv_impl='lax')
+  x = _normal(0, (2, 28, 28, 1))
+  labels = jnp.array([3, 7])
+  params = jax.jit(patches_model.init)(jax.random.key(1), x)['params']
+  lax_params = jax.eval_shape(lax_model.init, jax.random.key(1), x)['params']
+  assert jax.tree.map(jnp.shape, lax_params) == jax.tree.map(jnp.shape, params)
+
+  def loss(model, params):
+    logits = model.apply({'params': params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+  loss_patches, grads_patches = value_and_grad(patches_model, params)
+  loss_lax, grads_lax = value_and_grad(lax_model, params)
+  np.testing.assert_allclose(loss_patches, loss_lax, **TOL)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), grads_patches, grads_lax)
+
+
+@pytest.mark.parametrize('name', ['digits_cnn', 'digits_mlp'])
+def test_models_vmap_over_stacked_device_params(name):
+  num_devices = 3
+  model = models.get_model(name, num_classes=10)
+  x_NxBxHxWxC = _normal(0, (num_devices, 2, 8, 8, 1))
+  keys = jax.random.split(jax.random.key(1), num_devices)
+  init = jax.jit(lambda k: model.init(k, x_NxBxHxWxC[0])['params'])
+  apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  params_N = jax.vmap(init)(keys)
+  assert models.count_params(params_N) == num_devices * models.count_params(init(keys[0]))
+
+  logits_NxBxK = jax.vmap(apply)(params_N, x_NxBxHxWxC)
+  assert logits_NxBxK.shape == (num_devices, 2, 10)
+  for i in range(num_devices):
+    params_i = jax.tree.map(lambda a, i=i: a[i], params_N)
+    np.testing.assert_allclose(logits_NxBxK[i], apply(params_i, x_NxBxHxWxC[i]), **TOL)
