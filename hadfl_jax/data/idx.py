@@ -167,7 +167,8 @@ def read_mnist_dir(directory: os.PathLike | str) -> dict[str, IdxSplit]:
 
   Raises:
     DatasetError: naming the file, if a file is missing or corrupt, if images are not
-      28x28, if a split's image and label counts differ, or a label is not in 0..9.
+      28x28, if a split has no images, if a split's image and label counts differ, or
+      if a label is not in 0..9.
   """
   paths = find_mnist_files(directory)
   arrays = {stem: read_idx(paths[stem], ndim) for _, stem, ndim in MNIST_FILES}
@@ -180,6 +181,8 @@ def read_mnist_dir(directory: os.PathLike | str) -> dict[str, IdxSplit]:
           f'{paths[prefix + "-images"]}: images are {images.shape[1]}x{images.shape[2]}, '
           f'MNIST images are {MNIST_SHAPE[0]}x{MNIST_SHAPE[1]}'
       )
+    if not len(images):
+      raise DatasetError(f'{paths[prefix + "-images"]}: no images: the {split} split is empty')
     if len(images) != len(labels):
       raise DatasetError(
           f'{paths[prefix + "-labels"]}: {len(labels)} labels for {len(images)} images '

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -172,7 +172,7 @@ def _prepare_lock(data_dir: str, name: str) -> Iterator[None]:
       fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _data_source(name: str, split: str, data_dir: str, download: bool, **kwargs):
+def _data_source(name: str, split: str, data_dir: str, download: bool, **kwargs: Any):
   """``tfds.data_source`` with array_record files, turning TFDS's errors into ours."""
   try:
     return tfds.data_source(
@@ -193,7 +193,9 @@ def _data_source(name: str, split: str, data_dir: str, download: bool, **kwargs)
         f'(tfds build {name} --file_format=array_record --data_dir=...) and copy it to '
         f'{data_dir}, or use an offline dataset: {OWN_DATASETS}'
     ) from e
-  except ValueError as e:  # Unknown split, or DatasetNotFoundError.
+  except ValueError as e:  # An unknown split or dataset, or an empty slice.
+    if 'can not be of 0 length' in str(e):  # TFDS's words for a slice with no files.
+      raise DatasetError(f'{name}: split {split!r} is empty') from e
     raise DatasetError(f'{name}: {e}') from e
 
 
