@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Each device's local optimizer.
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'sgd'  # sgd | momentum | adam
+  config.optimizer.name = 'momentum'  # sgd | momentum | adam
   config.optimizer.learning_rate = 0.05
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 0.0

@@ -6,7 +6,9 @@ r"""Runs one algorithm on one scenario.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
+import tensorflow_datasets as tfds
 
 from hadfl_jax import train
 
@@ -19,6 +21,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Progress lines are printed; keep logs quiet.
+  tfds.disable_progress_bar()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
