@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from hadfl_jax.data import builders
+from hadfl_jax.data import builders  # pylint: disable=unused-import  # Registers ours with TFDS.
 from hadfl_jax.data import idx
 from hadfl_jax.data.errors import DatasetError
 
