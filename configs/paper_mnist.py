@@ -9,7 +9,8 @@ Reads real MNIST from the four IDX files (here: ../shared/data/mnist):
   python -m hadfl_jax.main --config configs/paper_mnist.py --workdir /tmp/hadfl_paper \
       --config.dataset.idx_dir=../shared/data/mnist
 
-On a machine with internet, ``--config.dataset.name=mnist`` reads TFDS's catalog MNIST.
+``--config.dataset.name=mnist`` reads TFDS's catalog MNIST instead; preparing a catalog
+dataset needs TensorFlow (TFDS encodes its images with TF), reading a prepared one does not.
 """
 
 from configs import default
