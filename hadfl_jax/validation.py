@@ -33,7 +33,7 @@ def is_known_dataset(name: str) -> bool:
     return True
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  return name.split('/')[0].split(':')[0] in tfds.list_builders()
+  return name.split('/')[0].split(':')[0] in tfds.list_builders(with_community_datasets=False)
 
 
 def _fail(field: str, value, allowed: str):
