@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Device heterogeneity (hadfl_jax/core/profiles.py).
   config.profile = ml_collections.ConfigDict()
   config.profile.kind = 'list'  # list | tiers | geometric | lognormal
-  config.profile.speeds = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0]  # relative
+  config.profile.speeds = (1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0)  # relative
   config.profile.ratio = 8.0  # geometric: fastest / slowest
   config.profile.sigma = 0.8  # lognormal
   config.profile.seconds_per_step = 0.01  # of the fastest device

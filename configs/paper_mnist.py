@@ -26,7 +26,7 @@ def get_config():
   config.optimizer.name = 'momentum'
   config.optimizer.learning_rate = 0.02
   config.profile.kind = 'list'
-  config.profile.speeds = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0]
+  config.profile.speeds = (1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0)
   config.hadfl.t_local = 0.5
   config.num_cycles = 400
   config.max_sim_time = 0.0

@@ -191,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
   setup = build_setup(config)
+  _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
   algorithm = algorithms.make_algorithm(config, setup.problem)
   evaluator = evaluation.Evaluator(
       setup.problem.model.apply, setup.test, config.eval_batch_size, config.device_eval_examples

@@ -1,0 +1,117 @@
+"""End-to-end runs of the run loop and the command line on the embedded digits data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hadfl_jax import train
+from hadfl_jax import validation
+from tests import fixtures
+
+
+def _read(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  return rows, summary
+
+
+def test_run_writes_config_metrics_and_summary(quick_config, tmp_path):
+  summary = train.train_and_evaluate(quick_config, str(tmp_path))
+  rows, written = _read(tmp_path)
+  assert written == summary
+  assert [r['cycle'] for r in rows] == [3, 6]
+  for key in ('cycle', 'sim_time_s', 'consensus_accuracy', 'mean_device_accuracy',
+              'min_device_accuracy', 'loss', 'bytes_sent'):
+    assert key in rows[0]
+  assert rows[0]['sim_time_s'] < rows[1]['sim_time_s'] == pytest.approx(summary['sim_time_s'])
+  assert 0 < rows[1]['min_device_accuracy'] <= rows[1]['mean_device_accuracy'] <= 1
+  # Learning happened: ten classes, chance is 10%.
+  assert summary['final_consensus_accuracy'] > 0.5
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['num_devices'] == quick_config.num_devices
+  with open(tmp_path / 'partition.json') as f:
+    assert json.load(f)['summary']['num_examples'] == 1437
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(quick_config, tmp_path):
+  train.train_and_evaluate(quick_config, str(tmp_path / 'a'))
+  train.train_and_evaluate(quick_config, str(tmp_path / 'b'))
+  quick_config.seed = 1
+  train.train_and_evaluate(quick_config, str(tmp_path / 'c'))
+  assert _read(tmp_path / 'a') == _read(tmp_path / 'b')
+  assert _read(tmp_path / 'a')[0] != _read(tmp_path / 'c')[0]
+
+
+def test_time_to_target_is_the_first_evaluation_reaching_it(quick_config, tmp_path):
+  quick_config.target_accuracy = 0.3
+  quick_config.eval_every = 1
+  summary = train.train_and_evaluate(quick_config, str(tmp_path))
+  rows, _ = _read(tmp_path)
+  first = next(r for r in rows if r['consensus_accuracy'] >= 0.3)
+  assert summary['time_to_target_s'] == first['sim_time_s']
+  assert summary['cycle_at_target'] == first['cycle']
+
+
+def test_ledger_matches_bytes_of_the_spec(quick_config, tmp_path):
+  # rho = 1: every cycle all 8 devices ring-all-reduce the 4,810-parameter model.
+  quick_config.hadfl.rho = 1.0
+  summary = train.train_and_evaluate(quick_config, str(tmp_path))
+  per_cycle = 2 * 7 / 8 * 4810 * 4
+  assert summary['bytes_sent_per_device'] == pytest.approx(6 * per_cycle, rel=1e-6)
+  assert summary['busiest_link_bytes'] == pytest.approx(6 * per_cycle, rel=1e-6)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('dataset.name', 'no_such_dataset', 'config.dataset.name'),
+    ('model', 'resnet9000', 'config.model'),
+    ('hadfl.rho', 1.5, 'config.hadfl.rho'),
+    ('hadfl.rho', 0.0, 'config.hadfl.rho'),
+    ('optimizer.learning_rate', -0.1, 'config.optimizer.learning_rate'),
+    ('partition.alpha', 0.0, 'config.partition.alpha'),
+    ('profile.speeds', (1.0, 2.0), 'config.profile.speeds'),
+])
+def test_bad_input_stops_before_any_work(quick_config, tmp_path, field, value, message):
+  section, _, name = field.rpartition('.')
+  target = quick_config[section] if section else quick_config
+  target[name] = value
+  with pytest.raises(validation.ConfigError, match=message):
+    train.train_and_evaluate(quick_config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_k_greater_than_n_is_refused(quick_config, tmp_path):
+  quick_config.num_devices = 1
+  quick_config.profile.speeds = (1.0,)
+  with pytest.raises(validation.ConfigError, match='K = max.* > N = 1'):
+    train.train_and_evaluate(quick_config, str(tmp_path))
+
+
+def test_missing_idx_directory_is_named(quick_config, tmp_path):
+  quick_config.dataset.name = 'mnist_idx'
+  quick_config.dataset.idx_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(validation.ConfigError, match='dataset.idx_dir.*does not exist'):
+    train.train_and_evaluate(quick_config, str(tmp_path / 'run'))
+
+
+@pytest.mark.slow
+def test_command_line(digits_data_dir, tmp_path):
+  cmd = [sys.executable, '-m', 'hadfl_jax.main', '--config', 'configs/default.py',
+         '--workdir', str(tmp_path), f'--config.dataset.data_dir={digits_data_dir}',
+         '--config.num_cycles=4', '--config.eval_every=2', '--config.num_devices=4',
+         '--config.profile.speeds=(1.0, 2.0, 3.0, 4.0)']
+  out = subprocess.run(cmd, cwd=fixtures.REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'final consensus accuracy' in out.stdout
+  rows, summary = _read(tmp_path)
+  assert len(rows) == 2 and summary['num_devices'] == 4
+  bad = subprocess.run(cmd + ['--config.hadfl.rho=2.0'], cwd=fixtures.REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0
+  assert 'config.hadfl.rho=2.0 is invalid' in bad.stderr
+  assert np.isfinite(summary['sim_time_s'])
