@@ -4,7 +4,8 @@
 minibatch steps H_i. All devices run together, one ``jax.vmap`` over the stacked device
 axis inside a single ``lax.while_loop`` of ``max_i H_i`` iterations; device i's update
 is masked off with ``jnp.where`` once ``t >= H_i``. The trip count is a traced value, so
-new budgets never retrace the loop.
+new budgets never retrace the loop. :class:`LocalSchedule` optionally cuts the masked
+work: devices sorted by budget run in buckets, each bucket for its own maximum budget.
 
 The per-device functions (:func:`make_device_grad`, :func:`make_device_step`) are written
 for one device, with no device axis, and lifted with ``jax.vmap`` in one place
@@ -18,12 +19,14 @@ vmapped engine, the reference loop and resumed runs bit-compatible.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import chex
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hadfl_jax import data as data_lib
@@ -121,11 +124,189 @@ def select_tree(mask_N: jax.Array, new: PyTree, old: PyTree) -> PyTree:
   return jax.tree.map(pick, new, old)
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalSchedule:
+  """How :func:`masked_local_train` schedules the devices' masked steps (static).
+
+  A single masked loop computes ``max_i H_i`` steps for every device, so with
+  heterogeneous budgets much of its work is masked off (59% for the paper-like speeds
+  1..8). With buckets, each cycle the devices of every shard are sorted by this cycle's
+  budget (descending) and cut into consecutive buckets of the static widths
+  ``bucket_widths``; the buckets run one after another, each in its own masked loop of
+  ``max_{i in bucket} H_i`` iterations. Only the widths are static (see
+  :func:`fit_bucket_widths`); which device lands in which bucket follows the traced
+  budgets, so buckets adapt to selection, jitter and faults (a bucket of down devices
+  costs nothing) and nothing retraces. Buckets are gathered from and scattered back into
+  the stacked state in place, so a bucket's temporaries (gradients, activations) are
+  those of its width, not of N.
+
+  Attributes:
+    bucket_widths: devices per bucket in each shard, summing to N / num_shards; empty
+      (the default) runs one masked loop over all devices.
+    num_shards: S, how many equal blocks the device axis is sharded into (see
+      :mod:`hadfl_jax.sharding`); devices are sorted within their block, so bucketing
+      never moves a device's state between accelerators.
+  """
+
+  bucket_widths: tuple[int, ...] = ()
+  num_shards: int = 1
+
+  def __post_init__(self):
+    if self.num_shards < 1 or any(w < 1 for w in self.bucket_widths):
+      raise ValueError(f'LocalSchedule needs num_shards >= 1 and widths >= 1, got {self}')
+
+  def check(self, num_devices: int) -> None:
+    """Raises ValueError unless the schedule fits ``num_devices`` devices."""
+    if num_devices % self.num_shards:
+      raise ValueError(f'{num_devices} devices cannot be split into {self.num_shards} '
+                       'equal shards: use a number of devices divisible by the shard count')
+    per_shard = num_devices // self.num_shards
+    if self.bucket_widths and sum(self.bucket_widths) != per_shard:
+      raise ValueError(f'bucket widths {self.bucket_widths} must sum to the {per_shard} '
+                       'devices of a shard')
+
+  def computed_steps(self, budgets_N) -> int:
+    """Device-steps the schedule computes, masked or not, for these budgets (numpy).
+
+    ``sum(budgets_N) / computed_steps`` is the useful fraction of the work; the single
+    loop computes ``N * max(H)``.
+    """
+    h_SxL = np.asarray(budgets_N).reshape(self.num_shards, -1)
+    widths = self.bucket_widths or (h_SxL.shape[1],)
+    h_SxL = -np.sort(-h_SxL, axis=1)
+    starts = np.cumsum((0,) + tuple(widths))[:-1]
+    return int(sum(self.num_shards * w * h_SxL[:, o].max() for o, w in zip(starts, widths)))
+
+
+def fit_bucket_widths(speed_N, num_buckets: int, num_shards: int = 1,
+                      max_points: int = 512) -> tuple[int, ...]:
+  """Static bucket widths for :class:`LocalSchedule`, fitted to the speed profile.
+
+  Budgets are about proportional to the profiled speeds, so the widths minimise the
+  computed device-steps ``sum_b width_b * max_{i in b} s_i`` over the speeds sorted in
+  descending order (dynamic programming over at most ``max_points`` blocks of devices),
+  ties broken towards equal widths. Devices of equal speed still get different budgets
+  (selected devices train ``t_local``, the others ``t_local + t_sync``; faults), which the
+  per-cycle sort puts in different buckets.
+
+  Args:
+    speed_N: the profiled speeds, (N,).
+    num_buckets: G, the most buckets per shard.
+    num_shards: S; the widths are per shard (N / S devices), fitted to the speed quantiles.
+    max_points: resolution of the fit for large N.
+
+  Returns:
+    min(G, N / S) widths summing to N / S, or ``()`` (a single loop) for G = 1.
+  """
+  speed_N = np.asarray(speed_N, np.float64)
+  n = speed_N.shape[0] // num_shards
+  if num_buckets <= 1 or n <= 1:
+    return ()
+  sorted_n = np.interp(np.linspace(0, speed_N.size - 1, n), np.arange(speed_N.size),
+                       -np.sort(-speed_N))
+  m = min(n, max_points)
+  edges_M = np.linspace(0, n, m + 1).round().astype(np.int64)
+  speed_M = sorted_n[edges_M[:-1]]  # The fastest of each block.
+  g = min(num_buckets, m)
+  # A tiny tie-break towards equal widths: with equal speeds (where budgets still differ,
+  # e.g. between selected and unselected devices) the buckets stay balanced.
+  tie = 1e-9 * speed_M[0] / n
+  cost_GxM = np.full((g + 1, m + 1), np.inf)
+  arg_GxM = np.zeros((g + 1, m + 1), np.int64)
+  cost_GxM[0, 0] = 0.0
+  for k in range(1, g + 1):
+    for j in range(1, m + 1):
+      i = np.arange(j)
+      w = edges_M[j] - edges_M[i]
+      c = cost_GxM[k - 1, i] + w * speed_M[i] + tie * w * w
+      arg_GxM[k, j] = int(np.argmin(c))
+      cost_GxM[k, j] = c[arg_GxM[k, j]]
+  bounds, j = [m], m
+  for k in range(g, 0, -1):
+    j = int(arg_GxM[k, j])
+    bounds.append(j)
+  widths = np.diff(edges_M[bounds[::-1]])
+  return () if len(widths) == 1 else tuple(int(w) for w in widths)
+
+
+def _masked_loop(step_N, params, opt_state, steps_N, inputs, budgets_N):
+  """The masked while loop over devices ``(params, opt_state, steps_N)`` (leading axis n).
+
+  Args:
+    step_N: the vmapped device step.
+    params: stacked parameters.
+    opt_state: stacked optimizer states.
+    steps_N: int32 (n,), each device's step counter.
+    inputs: ``(key, images, labels, counts)`` with a leading axis n.
+    budgets_N: int32 (n,), the local steps of each device.
+
+  Returns:
+    ``(params, opt_state, steps_N, loss_sum_N)`` after ``max(budgets_N)`` iterations,
+    device i updated only while ``t < budgets_N[i]``.
+  """
+  key, images, labels, counts = inputs
+  trip_count = jnp.max(budgets_N)
+
+  def cond(carry):
+    return carry[0] < trip_count
+
+  def body(carry):
+    t, params, opt_state, steps, loss_sum = carry
+    new_params, new_opt, loss_N = step_N(params, opt_state, key, steps, images, labels, counts)
+    active_N = t < budgets_N
+    params = select_tree(active_N, new_params, params)
+    opt_state = select_tree(active_N, new_opt, opt_state)
+    steps = steps + active_N.astype(steps.dtype)
+    loss_sum = loss_sum + jnp.where(active_N, loss_N, 0.0)
+    return t + 1, params, opt_state, steps, loss_sum
+
+  init = (jnp.zeros((), jnp.int32), params, opt_state, steps_N,
+          jnp.zeros(budgets_N.shape, jnp.float32))
+  _, params, opt_state, steps_N, loss_sum = jax.lax.while_loop(cond, body, init)
+  return params, opt_state, steps_N, loss_sum
+
+
+def _bucketed_loop(step_N, params, opt_state, steps_N, inputs, budgets_N,
+                   schedule: LocalSchedule):
+  """:func:`_masked_loop` run bucket by bucket (see :class:`LocalSchedule`)."""
+  num_devices = budgets_N.shape[0]
+  s = schedule.num_shards
+  per_shard = num_devices // s
+
+  def blocks(x):  # (N, ...) -> (S, L, ...): a free reshape, each shard keeps its rows.
+    return x.reshape((s, per_shard) + x.shape[1:])
+
+  def gather(x_SxL, idx_SxW):  # -> (S * W, ...)
+    x_SxW = jax.vmap(lambda x, i: x[i])(x_SxL, idx_SxW)
+    return x_SxW.reshape((-1,) + x_SxW.shape[2:])
+
+  def scatter(x_SxL, idx_SxW, v):
+    v_SxW = v.reshape(idx_SxW.shape + v.shape[1:])
+    return jax.vmap(lambda x, i, u: x.at[i].set(u, unique_indices=True))(x_SxL, idx_SxW, v_SxW)
+
+  budgets_SxL = blocks(budgets_N)
+  # Descending budgets within each shard; stable, so equal budgets keep device order.
+  order_SxL = jnp.argsort(-budgets_SxL, axis=1, stable=True).astype(jnp.int32)
+  inputs_SxL = jax.tree.map(blocks, inputs)
+  carry = jax.tree.map(blocks, (params, opt_state, steps_N,
+                                jnp.zeros(budgets_N.shape, jnp.float32)))
+  start = 0
+  for width in schedule.bucket_widths:
+    idx_SxW = order_SxL[:, start:start + width]
+    start += width
+    take = lambda tree, idx=idx_SxW: jax.tree.map(lambda x: gather(x, idx), tree)
+    out = _masked_loop(step_N, *take(carry[:3]), take(inputs_SxL),
+                       gather(budgets_SxL, idx_SxW))
+    carry = jax.tree.map(lambda x, v, idx=idx_SxW: scatter(x, idx, v), carry, out)
+  return jax.tree.map(lambda x: x.reshape((num_devices,) + x.shape[2:]), carry)
+
+
 def masked_local_train(
     device_step,
     devices: DeviceState,
     data: data_lib.DeviceData,
     budgets_N: jax.Array,
+    schedule: LocalSchedule | None = None,
 ) -> tuple[DeviceState, jax.Array]:
   """Runs ``budgets_N[i]`` local steps on every device i, all devices in one vmap.
 
@@ -134,38 +315,27 @@ def masked_local_train(
     devices: the stacked device states.
     data: the stacked device shards.
     budgets_N: int32 local step budgets H_i (0 for devices that do not train).
+    schedule: how the masked steps are scheduled (default: one masked loop over all
+      devices); every schedule gives every device the same result up to float rounding.
 
   Returns:
     The new device states (``steps`` and ``version`` advanced by H_i) and the mean
     training loss of each device over its steps this cycle (0 where H_i = 0).
+
+  Raises:
+    ValueError: the schedule does not fit N devices (:meth:`LocalSchedule.check`).
   """
-  chex.assert_shape(budgets_N, (devices.num_devices,))
+  schedule = schedule or LocalSchedule()
+  num_devices = devices.num_devices
+  chex.assert_shape(budgets_N, (num_devices,))
+  schedule.check(num_devices)
   step_N = jax.vmap(device_step)
-
-  def cond(carry):
-    t = carry[0]
-    return t < jnp.max(budgets_N)
-
-  def body(carry):
-    t, params, opt_state, steps, loss_sum = carry
-    new_params, new_opt, loss_N = step_N(
-        params, opt_state, devices.key, steps, data.images, data.labels, data.counts
-    )
-    active_N = t < budgets_N
-    params = select_tree(active_N, new_params, params)
-    opt_state = select_tree(active_N, new_opt, opt_state)
-    steps = steps + active_N.astype(steps.dtype)
-    loss_sum = loss_sum + jnp.where(active_N, loss_N, 0.0)
-    return t + 1, params, opt_state, steps, loss_sum
-
-  init = (
-      jnp.zeros((), jnp.int32),
-      devices.params,
-      devices.opt_state,
-      devices.steps,
-      jnp.zeros(budgets_N.shape, jnp.float32),
-  )
-  _, params, opt_state, steps, loss_sum = jax.lax.while_loop(cond, body, init)
+  inputs = (devices.key, data.images, data.labels, data.counts)
+  args = (step_N, devices.params, devices.opt_state, devices.steps, inputs, budgets_N)
+  if not schedule.bucket_widths:
+    params, opt_state, steps, loss_sum = _masked_loop(*args)
+  else:
+    params, opt_state, steps, loss_sum = _bucketed_loop(*args, schedule)
   devices = devices.replace(
       params=params,
       opt_state=opt_state,

@@ -1,0 +1,92 @@
+"""Local training schedules: bucketed masked loops against the single masked loop."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hadfl_jax.core import local
+from tests import fixtures
+
+SPEEDS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
+
+
+@pytest.fixture(scope='module')
+def six_devices():
+  problem, data = fixtures.make_tiny_problem(num_devices=6, speeds=SPEEDS)
+  step = local.make_device_step(problem.model.apply, problem.optimizer, problem.batch_size)
+  devices = local.init_devices(jax.random.PRNGKey(0), problem.init_params, problem.optimizer, 6)
+  return step, devices, data
+
+
+def _train(step, devices, data, budgets_N, schedule):
+  fn = jax.jit(lambda d, b: local.masked_local_train(step, d, data, b, schedule))
+  return jax.device_get(fn(devices, jnp.asarray(budgets_N, jnp.int32)))
+
+
+@pytest.mark.parametrize('widths,shards', [
+    ((1, 2, 3), 1), ((1,) * 6, 1), ((3, 3), 1), ((), 2), ((2, 1), 2), ((1, 1), 3), ((2,), 3),
+])
+def test_buckets_match_single_loop(six_devices, widths, shards):
+  step, devices, data = six_devices
+  budgets_N = [3, 0, 7, 1, 5, 2]
+  expected = _train(step, devices, data, budgets_N, local.LocalSchedule())
+  got = _train(step, devices, data, budgets_N, local.LocalSchedule(widths, shards))
+  chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-7)
+  devices_out, loss_N = got
+  assert np.asarray(devices_out.steps).tolist() == budgets_N
+  assert loss_N[1] == 0.0  # H = 0: no steps, no loss.
+  chex.assert_trees_all_equal(  # A device with H = 0 keeps its parameters exactly.
+      jax.tree.map(lambda x: x[1], devices_out.params),
+      jax.tree.map(lambda x: np.asarray(x[1]), devices.params))
+
+
+def test_buckets_never_retrace(six_devices):
+  step, devices, data = six_devices
+  schedule = local.LocalSchedule((1, 2, 3))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def train(d, b):
+    return local.masked_local_train(step, d, data, b, schedule)
+
+  for budgets_N in ([3, 0, 7, 1, 5, 2], [0, 0, 0, 0, 0, 0], [9, 9, 1, 1, 4, 0]):
+    jax.block_until_ready(train(devices, jnp.asarray(budgets_N, jnp.int32)))
+
+
+def test_computed_steps_by_hand():
+  budgets_N = np.array([3, 0, 7, 1, 5, 2])  # Sorted: 7 5 3 2 1 0; useful: 18.
+  assert local.LocalSchedule().computed_steps(budgets_N) == 6 * 7
+  assert local.LocalSchedule((1, 2, 3)).computed_steps(budgets_N) == 7 + 2 * 5 + 3 * 2
+  assert local.LocalSchedule((1,) * 6).computed_steps(budgets_N) == 18
+  # Two shards [3 0 7 | 1 5 2], each sorted (7 3 0 | 5 2 1), widths (1, 2):
+  # bucket 0 holds 7 and 5 -> 2 * 7; bucket 1 holds 3 0 | 2 1 -> 4 * 3.
+  assert local.LocalSchedule((1, 2), num_shards=2).computed_steps(budgets_N) == 14 + 12
+
+
+def test_fit_bucket_widths():
+  paper = (1, 1, 2, 2, 4, 4, 8, 8)
+  assert local.fit_bucket_widths(paper, 1) == ()
+  assert local.fit_bucket_widths(paper, 8) == (1,) * 8
+  assert local.fit_bucket_widths(paper, 4) == (2, 2, 2, 2)
+  assert local.fit_bucket_widths(paper, 16) == (1,) * 8  # At most one bucket per device.
+  assert local.fit_bucket_widths(paper, 4, num_shards=2) == (1, 1, 1, 1)  # Per shard.
+  assert local.fit_bucket_widths(np.ones(12), 3) == (4, 4, 4)  # Ties: equal widths.
+  # A heavy tail gets a narrow top bucket: devices 0..8 at speed 1, one at speed 100.
+  assert local.fit_bucket_widths([1.0] * 9 + [100.0], 2) == (1, 9)
+  lognormal = np.exp(0.8 * np.random.default_rng(0).standard_normal(10_000))
+  widths = local.fit_bucket_widths(lognormal, 8)
+  assert len(widths) == 8 and sum(widths) == 10_000 and list(widths) == sorted(widths)
+
+
+def test_schedule_errors(six_devices):
+  step, devices, data = six_devices
+  with pytest.raises(ValueError, match='cannot be split into 4 equal shards'):
+    local.masked_local_train(step, devices, data, jnp.ones(6, jnp.int32),
+                             local.LocalSchedule(num_shards=4))
+  with pytest.raises(ValueError, match='must sum to the 6 devices'):
+    local.masked_local_train(step, devices, data, jnp.ones(6, jnp.int32),
+                             local.LocalSchedule((2, 2)))
+  with pytest.raises(ValueError, match='widths >= 1'):
+    local.LocalSchedule((0, 6))
