@@ -66,6 +66,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.hadfl.t_local = 0.1  # simulated seconds of local training per cycle
   config.hadfl.h_cap = 1000
 
+  # The baselines (HADFL.md, "Baselines"; hadfl_jax/algorithms/baselines.py).
+  config.baselines = ml_collections.ConfigDict()
+  config.baselines.local_steps = 10  # H of dfedavg, fedavg and dpsgd
+  config.baselines.ddp_steps = 10  # synchronous steps per jitted ddp cycle
+  config.baselines.fedavg_fraction = 0.5  # C: clients per FedAvg round, K = round(C N)
+  config.baselines.graph = 'ring'  # dpsgd graph: ring | torus | exponential
+  config.baselines.opt_state = 'average'  # average | keep | reset
+
+  # The comparison (python -m hadfl_jax.compare; hadfl_jax/compare.py).
+  config.compare = ml_collections.ConfigDict()
+  config.compare.algorithms = ('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd')
+  config.compare.learning_rates = (0.02, 0.05)  # the same grid for every algorithm
+  # H grid: local steps of dfedavg/fedavg/dpsgd; HADFL's fastest device runs H steps
+  # (t_local = H * profile.seconds_per_step).
+  config.compare.local_steps = (5, 20)
+  config.compare.eval_interval_s = 0.0  # simulated seconds between evaluations; 0: auto
+  config.compare.sweep_ratios = (1.0, 2.0, 4.0, 8.0, 16.0)  # heterogeneity sweep
+  config.compare.sweep = False  # run the heterogeneity sweep too
+  config.compare.ablation = False  # run HADFL's ablation too
+
   # Faults (HADFL.md, step 5).
   config.faults = ml_collections.ConfigDict()
   config.faults.p_drop = 0.0

@@ -143,6 +143,16 @@ def validate(config, *, algorithms=('hadfl',)) -> None:
   _number(config, 'hadfl.t_local', low=0, low_open=True)
   _number(config, 'hadfl.h_cap', low=1, integer=True)
 
+  # Baselines (configs without the block use the defaults of BaselineOptions).
+  if 'baselines' in config:
+    from hadfl_jax.algorithms import baselines as baselines_lib  # pylint: disable=g-import-not-at-top
+    from hadfl_jax.algorithms import graphs  # pylint: disable=g-import-not-at-top
+    _number(config, 'baselines.local_steps', low=1, integer=True)
+    _number(config, 'baselines.ddp_steps', low=1, integer=True)
+    _number(config, 'baselines.fedavg_fraction', low=0, high=1, low_open=True)
+    _choice(config, 'baselines.graph', graphs.GRAPH_KINDS)
+    _choice(config, 'baselines.opt_state', baselines_lib.OPT_STATE_KINDS)
+
   # Faults.
   _number(config, 'faults.p_drop', low=0, high=1, high_open=True)
   _number(config, 'faults.p_sync_fail', low=0, high=1, high_open=True)

@@ -1,0 +1,160 @@
+"""The baselines by hand: one round equals a plain computation; clock and bytes."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hadfl_jax.algorithms import baselines
+from hadfl_jax.algorithms import graphs
+from hadfl_jax.core import local
+from tests import fixtures
+
+# The tiny problem: speeds 10, 20, 30, 40 steps/s, links 1e5 B/s, latency 0.01 s.
+N = 4
+
+
+def setup(name, optimizer=None, **kw):
+  problem, data = fixtures.make_tiny_problem(optimizer=optimizer or optax.sgd(0.1))
+  algo = baselines.make_baseline(name, problem, baselines.BaselineOptions(**kw))
+  return problem, data, algo, algo.init(jax.random.PRNGKey(3))
+
+
+def ring_time(k, m):
+  return 2 * (k - 1) / k * m / 1e5 + 2 * (k - 1) * 0.01
+
+
+def local_steps_by_hand(problem, data, devices, i, params, opt_state, first_step, h):
+  """Device i's h local steps, one jitted-free step at a time."""
+  step = local.make_device_step(problem.model.apply, problem.optimizer, problem.batch_size)
+  for t in range(first_step, first_step + h):
+    params, opt_state, _ = step(params, opt_state, devices.key[i], t, data.images[i],
+                                data.labels[i], data.counts[i])
+  return params, opt_state
+
+
+def row(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def test_dfedavg_round_by_hand():
+  problem, data, algo, state = setup('dfedavg', local_steps=3)
+  new, info = jax.jit(algo.cycle)(state, data)
+  trained = [local_steps_by_hand(problem, data, state.devices, i, row(state.devices.params, i),
+                                 row(state.devices.opt_state, i), 0, 3)[0] for i in range(N)]
+  w = problem.data_weights_N
+  avg = jax.tree.map(lambda *xs: sum(wi * x for wi, x in zip(w, xs)), *trained)
+  for i in range(N):
+    chex.assert_trees_all_close(row(new.devices.params, i), avg, rtol=1e-5, atol=1e-6)
+  m = problem.model_bytes
+  # Barrier: 3 steps on the slowest device (10 steps/s), then a ring all-reduce over 4.
+  assert float(info.cycle_time) == pytest.approx(3 / 10 + ring_time(4, m), rel=1e-5)
+  np.testing.assert_allclose(info.bytes_sent_N, [2 * 3 / 4 * m] * N, rtol=1e-6)
+  assert float(info.server_bytes) == 0
+  np.testing.assert_array_equal(info.budgets_N, [3] * N)
+  np.testing.assert_allclose(new.devices.version, [3.0] * N)
+
+
+def test_ddp_steps_by_hand():
+  problem, data, algo, state = setup('ddp', ddp_steps=2)
+  new, info = jax.jit(algo.cycle)(state, data)
+  grad = local.make_device_grad(problem.model.apply, problem.batch_size)
+  params, opt_state = problem.init_params, problem.optimizer.init(problem.init_params)
+  w = problem.data_weights_N
+  for t in range(2):
+    grads = [grad(params, state.key_N[i], t, data.images[i], data.labels[i], data.counts[i])[1]
+             for i in range(N)]
+    g = jax.tree.map(lambda *xs: sum(wi * x for wi, x in zip(w, xs)), *grads)
+    updates, opt_state = problem.optimizer.update(g, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  chex.assert_trees_all_close(new.params, params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(row(algo.device_params(new), 2), params, rtol=1e-5, atol=1e-6)
+  m = problem.model_bytes
+  # Every step: the slowest gradient (1/10 s), then a ring all-reduce of M bytes over 4.
+  assert float(info.cycle_time) == pytest.approx(2 * (1 / 10 + ring_time(4, m)), rel=1e-5)
+  np.testing.assert_allclose(info.bytes_sent_N, [2 * 2 * 3 / 4 * m] * N, rtol=1e-6)
+  np.testing.assert_array_equal(new.steps_N, [2] * N)
+
+
+def test_fedavg_round_by_hand():
+  problem, data, algo, state = setup('fedavg', local_steps=2, fedavg_fraction=0.5,
+                                     opt_state='reset')
+  new, info = jax.jit(algo.cycle)(state, data)
+  chosen = np.flatnonzero(np.asarray(info.synced_N))
+  assert len(chosen) == 2 == algo.k
+  opt0 = problem.optimizer.init(problem.init_params)
+  trained = {i: local_steps_by_hand(problem, data, state.devices, i, problem.init_params, opt0,
+                                    0, 2)[0] for i in chosen}
+  n = problem.num_examples_N[chosen].astype(float)
+  avg = jax.tree.map(lambda *xs: sum(wi * x for wi, x in zip(n / n.sum(), xs)),
+                     *[trained[i] for i in chosen])
+  chex.assert_trees_all_close(algo.consensus_params(new), avg, rtol=1e-5, atol=1e-6)
+  m = problem.model_bytes
+  # Slowest chosen client's 2 steps, then 2 K M bytes through the server's link.
+  t_compute = max(2 / (10.0 * (i + 1)) for i in chosen)
+  assert float(info.cycle_time) == pytest.approx(t_compute + 2 * 2 * m / 1e5 + 2 * 0.01,
+                                                 rel=1e-5)
+  assert float(info.server_bytes) == pytest.approx(2 * 2 * m)
+  np.testing.assert_allclose(info.bytes_sent_N, [m if i in chosen else 0 for i in range(N)])
+  np.testing.assert_array_equal(info.budgets_N, [2 if i in chosen else 0 for i in range(N)])
+
+
+def test_dpsgd_round_by_hand():
+  problem, data, algo, state = setup('dpsgd', local_steps=2, graph='ring')
+  new, info = jax.jit(algo.cycle)(state, data)
+  trained = [local_steps_by_hand(problem, data, state.devices, i, row(state.devices.params, i),
+                                 row(state.devices.opt_state, i), 0, 2)[0] for i in range(N)]
+  w = graphs.mh_matrix(graphs.make_graph('ring', N))  # 1/3 to self and both neighbours.
+  np.testing.assert_allclose(w[0], [1 / 3, 1 / 3, 0, 1 / 3])
+  for i in range(N):
+    mixed = jax.tree.map(lambda *xs: sum(w[i, j] * x for j, x in enumerate(xs)), *trained)
+    chex.assert_trees_all_close(row(new.devices.params, i), mixed, rtol=1e-5, atol=1e-6)
+  m = problem.model_bytes
+  # Barrier (2 steps at 10/s), then each device sends its model to its 2 neighbours.
+  assert float(info.cycle_time) == pytest.approx(2 / 10 + 2 * m / 1e5 + 0.01, rel=1e-5)
+  np.testing.assert_allclose(info.bytes_sent_N, [2 * m] * N, rtol=1e-6)
+
+
+def test_down_device_is_left_alone():
+  problem, data, algo, state = setup('dfedavg', local_steps=2, down_trace=((0, 0, 1),))
+  new, info = jax.jit(algo.cycle)(state, data)
+  np.testing.assert_array_equal(info.up_N, [False, True, True, True])
+  np.testing.assert_array_equal(info.budgets_N, [0, 2, 2, 2])
+  chex.assert_trees_all_close(row(new.devices.params, 0), problem.init_params)
+  assert float(info.bytes_sent_N[0]) == 0
+  m = problem.model_bytes
+  # The slowest up device now runs 20 steps/s; the ring has 3 members.
+  assert float(info.cycle_time) == pytest.approx(2 / 20 + ring_time(3, m), rel=1e-5)
+
+
+@pytest.mark.parametrize('name', baselines.BASELINES)
+def test_cycles_never_retrace_and_learn(name):
+  problem, data, algo, state = setup(name, optimizer=optax.sgd(0.1, momentum=0.9),
+                                     p_drop=0.25, jitter_sigma=0.2)
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def cycle(state, data):
+    return algo.cycle(state, data)
+
+  times = []
+  for _ in range(4):
+    state, info = cycle(state, data)
+    times.append(float(info.cycle_time))
+  assert all(t > 0 for t in times)
+  assert np.all(np.isfinite(jax.tree.leaves(jax.device_get(algo.consensus_params(state)))[0]))
+
+
+def test_registry_and_options(quick_config):
+  from hadfl_jax import algorithms
+  assert set(baselines.BASELINES) <= set(algorithms.ALGORITHMS)
+  quick_config.algorithm = 'dpsgd'
+  quick_config.baselines.graph = 'exponential'
+  problem, _ = fixtures.make_tiny_problem(num_devices=8, speeds=tuple(range(1, 9)))
+  algo = algorithms.make_algorithm(quick_config, problem)
+  assert isinstance(algo, baselines.DPsgd) and algo.graph.kind == 'exponential'
+  with pytest.raises(ValueError, match='opt_state'):
+    baselines.make_baseline('dfedavg', problem, baselines.BaselineOptions(opt_state='x'))
