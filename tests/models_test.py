@@ -1,5 +1,10 @@
 """Models: the patches convolution and pooling against the standard ops, shapes, counts."""
 
+import importlib.util
+import json
+import pathlib
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -176,3 +181,22 @@ def test_models_vmap_over_stacked_device_params(name):
   for i in range(num_devices):
     params_i = jax.tree.map(lambda a, i=i: a[i], params_N)
     np.testing.assert_allclose(logits_NxBxK[i], apply(params_i, x_NxBxHxWxC[i]), **TOL)
+
+
+@pytest.mark.slow
+def test_conv_trap_benchmark_runs(tmp_path, monkeypatch):
+  path = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'conv_trap.py'
+  spec = importlib.util.spec_from_file_location('conv_trap', path)
+  conv_trap = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, 'conv_trap', conv_trap)  # dataclasses look it up.
+  spec.loader.exec_module(conv_trap)
+  out = tmp_path / 'conv_trap.json'
+  conv_trap.main(['--devices', '2', '--batch_size', '2', '--seconds', '0',
+                  '--variants', 'vmap_fori/patches', '--baseline', 'vmap_fori/patches',
+                  '--out', str(out)])
+  report = json.loads(out.read_text())
+  [result] = report['results']
+  assert (result['variant'], result['num_devices'], result['steps']) == (
+      'vmap_fori/patches', 2, 1)
+  assert result['ratio_vs_baseline'] == 1.0
+  assert '| `vmap_fori/patches` |' in report['markdown']
