@@ -1,0 +1,91 @@
+"""The comparison: the quick scenario end to end, the ranking, speedups and caching."""
+
+import json
+import os
+
+import pytest
+
+from configs import quick_compare
+from hadfl_jax import compare
+
+
+@pytest.fixture
+def config(digits_data_dir):
+  cfg = quick_compare.get_config()
+  cfg.dataset.data_dir = digits_data_dir
+  return cfg
+
+
+def test_quick_comparison_writes_results_report_and_plots(config, tmp_path):
+  results = compare.compare(config, str(tmp_path), log=lambda _: None)
+  algos = results['algorithms']
+  assert set(algos) == set(config.compare.algorithms)
+  for name, r in algos.items():
+    assert r['chosen'] == ({'lr': 0.05} if name == 'ddp' else {'lr': 0.05, 'h': 5})
+    assert r['busiest_link_bytes'] > 0
+    assert 0 <= r['final_consensus_accuracy'] <= 1
+    if name != 'hadfl':
+      assert r['hadfl_speedup']['value'] is None or r['hadfl_speedup']['value'] > 0
+  # HADFL reaches 90% on digits well within the cap.
+  assert algos['hadfl']['time_to_target_s'] is not None
+  with open(tmp_path / 'results.json') as f:
+    assert json.load(f)['algorithms']['dfedavg']['chosen']['h'] == 5
+  report = (tmp_path / 'report.md').read_text()
+  assert '| hadfl |' in report and '| ddp |' in report
+  for png in ('accuracy_vs_time.png', 'accuracy_vs_bytes.png'):
+    assert (tmp_path / png).stat().st_size > 1000
+  # The evaluation schedule is the same in simulated seconds for every algorithm.
+  for name in algos:
+    run = next(d for d in os.listdir(tmp_path / 'runs') if d.startswith(name + '_'))
+    with open(tmp_path / 'runs' / run / 'metrics.jsonl') as f:
+      times = [json.loads(line)['sim_time_s'] for line in f]
+    for a, b in zip(times[:-1], times[1:-1]):
+      assert b >= max(a + 0.2, a * 1.1) - 1e-9
+
+
+def test_finished_runs_are_reused(config, tmp_path):
+  config.compare.algorithms = ('dfedavg',)
+  first = compare.compare(config, str(tmp_path), log=lambda _: None)
+  summary = tmp_path / 'runs' / 'dfedavg_h5_lr0.05' / 'summary.json'
+  stamp = os.stat(summary).st_mtime_ns
+  second = compare.compare(config, str(tmp_path), log=lambda _: None)
+  assert os.stat(summary).st_mtime_ns == stamp
+  assert first['algorithms'] == second['algorithms']
+
+
+def test_sweep_and_ablation(config, tmp_path, monkeypatch):
+  config.compare.algorithms = ('hadfl', 'dfedavg')
+  config.compare.sweep = True
+  config.compare.sweep_ratios = (1.0, 8.0)
+  config.compare.ablation = True
+  config.max_sim_time = 5.0
+  monkeypatch.setattr(compare, 'ABLATION', (('hadfl.rho', (0.5, 1.0)),))
+  results = compare.compare(config, str(tmp_path), log=lambda _: None)
+  rows = results['sweep']['rows']
+  assert [r['ratio'] for r in rows] == [1.0, 8.0]
+  assert set(rows[0]['hadfl_speedup']) == {'dfedavg'}
+  assert (tmp_path / 'sweep_speedup.png').exists()
+  assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
+  assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
+
+
+def test_ranking_and_speedups():
+  fast = {'time_to_target_s': 2.0, 'final_consensus_accuracy': 0.9, 'sim_time_s': 2.0}
+  slow = {'time_to_target_s': 6.0, 'final_consensus_accuracy': 0.95, 'sim_time_s': 6.0}
+  never = {'time_to_target_s': None, 'final_consensus_accuracy': 0.99, 'sim_time_s': 30.0}
+  never_worse = {'time_to_target_s': None, 'final_consensus_accuracy': 0.5, 'sim_time_s': 30.0}
+  assert sorted([never_worse, never, slow, fast], key=compare.rank_key) == [
+      fast, slow, never, never_worse]
+  assert compare.speedup(fast, slow) == {'value': 3.0, 'lower_bound': False}
+  assert compare.speedup(fast, never) == {'value': 15.0, 'lower_bound': True}
+  assert compare.speedup(never, fast)['value'] is None
+
+
+def test_grid_points(config):
+  config.compare.learning_rates = (0.1, 0.2)
+  config.compare.local_steps = (3, 7)
+  assert compare.grid_points(config, 'ddp') == [{'lr': 0.1}, {'lr': 0.2}]
+  assert len(compare.grid_points(config, 'hadfl')) == 4
+  cfg = compare.apply_point(config, 'hadfl', {'lr': 0.1, 'h': 7}, None)
+  assert cfg.hadfl.t_local == pytest.approx(7 * config.profile.seconds_per_step)
+  assert cfg.optimizer.learning_rate == 0.1
