@@ -92,6 +92,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.faults.p_sync_fail = 0.0
   config.faults.down_trace = ()  # rows (device, first_cycle, end_cycle)
 
+  # The engine: how the simulation runs, not what it computes (README, "Performance").
+  config.engine = ml_collections.ConfigDict()
+  config.engine.num_buckets = 8  # Local training in <= this many budget-sorted buckets.
+  # MiB of device state per sub-bucket (cache blocking); None: 4 on CPU, no limit on GPU/TPU.
+  config.engine.bucket_mib = ml_collections.config_dict.placeholder(float)
+  config.engine.mesh_shards = 0  # Accelerators to shard the device axis over; 0 = all.
+  config.engine.distributed = False  # Multi-host: jax.distributed.initialize() first.
+  config.engine.coordinator_address = ml_collections.config_dict.placeholder(str)
+  config.engine.num_processes = ml_collections.config_dict.placeholder(int)
+  config.engine.process_id = ml_collections.config_dict.placeholder(int)
+
   # The run.
   config.num_cycles = 60
   config.max_sim_time = 0.0  # simulated seconds; 0 means no limit

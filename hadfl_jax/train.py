@@ -31,6 +31,7 @@ from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
 from hadfl_jax import models as models_lib
 from hadfl_jax import optim
+from hadfl_jax import sharding
 from hadfl_jax import validation
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import profiles
@@ -186,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     DivergenceError: a loss that stops being finite.
   """
   validation.validate(config, algorithms=algorithms.ALGORITHMS)
+  sharding.initialize_distributed(config.get('engine', {}))
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -197,7 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       setup.problem.model.apply, setup.test, config.eval_batch_size, config.device_eval_examples
   )
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
-  cycle_fn = jax.jit(algorithm.cycle, donate_argnums=0)
+  # The device axis sharded over the accelerators (a no-op mesh of one on a laptop).
+  mesh = sharding.make_mesh(sharding.mesh_size(config.engine) if 'engine' in config else 1)
+  cycle_fn, state, device_data = sharding.shard_cycle(
+      algorithm.cycle, state, setup.device_data, mesh, setup.problem.num_devices)
   ledger = Ledger(setup.problem.num_devices)
   logging.info('%s: %d devices, %d params, partition %s', algorithm.name,
                setup.problem.num_devices, setup.problem.num_params,
@@ -208,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   time_to_target = cycle_at_target = None
   with open(metrics_path, 'w') as metrics_file:
     for cycle in range(config.num_cycles):
-      state, info = cycle_fn(state, setup.device_data)
+      state, info = cycle_fn(state, device_data)
       info = jax.device_get(info)
       check_finite(info, cycle)
       ledger.add(info)

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hadfl_jax.algorithms import hadfl
+from hadfl_jax.algorithms import reference
 from hadfl_jax.core import local
 from tests import fixtures
 
@@ -25,14 +27,16 @@ def _train(step, devices, data, budgets_N, schedule):
   return jax.device_get(fn(devices, jnp.asarray(budgets_N, jnp.int32)))
 
 
-@pytest.mark.parametrize('widths,shards', [
-    ((1, 2, 3), 1), ((1,) * 6, 1), ((3, 3), 1), ((), 2), ((2, 1), 2), ((1, 1), 3), ((2,), 3),
+@pytest.mark.parametrize('widths,max_width,shards', [
+    ((1, 2, 3), 0, 1), ((1,) * 6, 0, 1), ((), 2, 1), ((), 4, 1), ((1, 5), 2, 1),
+    ((), 0, 2), ((2, 1), 0, 2), ((1, 1), 0, 3), ((), 1, 3),
 ])
-def test_buckets_match_single_loop(six_devices, widths, shards):
+def test_buckets_match_single_loop(six_devices, widths, max_width, shards):
   step, devices, data = six_devices
   budgets_N = [3, 0, 7, 1, 5, 2]
   expected = _train(step, devices, data, budgets_N, local.LocalSchedule())
-  got = _train(step, devices, data, budgets_N, local.LocalSchedule(widths, shards))
+  got = _train(step, devices, data, budgets_N,
+               local.LocalSchedule(widths, max_width=max_width, num_shards=shards))
   chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-7)
   devices_out, loss_N = got
   assert np.asarray(devices_out.steps).tolist() == budgets_N
@@ -44,7 +48,7 @@ def test_buckets_match_single_loop(six_devices, widths, shards):
 
 def test_buckets_never_retrace(six_devices):
   step, devices, data = six_devices
-  schedule = local.LocalSchedule((1, 2, 3))
+  schedule = local.LocalSchedule((1, 5), max_width=2)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -63,6 +67,20 @@ def test_computed_steps_by_hand():
   # Two shards [3 0 7 | 1 5 2], each sorted (7 3 0 | 5 2 1), widths (1, 2):
   # bucket 0 holds 7 and 5 -> 2 * 7; bucket 1 holds 3 0 | 2 1 -> 4 * 3.
   assert local.LocalSchedule((1, 2), num_shards=2).computed_steps(budgets_N) == 14 + 12
+  # Sub-buckets of at most 2: [7 5] [3 2] [1 0] -> 2 * (7 + 3 + 1).
+  schedule = local.LocalSchedule(max_width=2)
+  assert schedule.layout(6) == ((6, 3, 2),)
+  assert schedule.computed_steps(budgets_N) == 22
+  # Buckets (1, 5) split by 2: [7], then [5 3] [2 1] [0 idle] -> 7 + 2 * (5 + 2 + 0).
+  schedule = local.LocalSchedule((1, 5), max_width=2)
+  assert schedule.layout(6) == ((1, 1, 1), (5, 3, 2))
+  assert schedule.computed_steps(budgets_N) == 21
+
+
+def test_max_width_for_bytes():
+  assert local.max_width_for_bytes(1000, 4500) == 4
+  assert local.max_width_for_bytes(1000, 10) == 1  # Never below one device.
+  assert local.max_width_for_bytes(1000, 0) == 0  # No limit.
 
 
 def test_fit_bucket_widths():
@@ -90,3 +108,22 @@ def test_schedule_errors(six_devices):
                              local.LocalSchedule((2, 2)))
   with pytest.raises(ValueError, match='widths >= 1'):
     local.LocalSchedule((0, 6))
+  with pytest.raises(ValueError, match='max_width >= 0'):
+    local.LocalSchedule(max_width=-1)
+
+
+def test_hadfl_with_buckets_matches_reference():
+  # Two budget-sorted buckets, each run as sub-buckets of two devices, against the
+  # plain-loop reference, with faults and jitter moving devices between buckets.
+  problem, data = fixtures.make_tiny_problem()
+  options = hadfl.HadflOptions(t_local=0.3, p_drop=0.25, jitter_sigma=0.3, speed_ema=0.5,
+                               num_buckets=2, bucket_mib=2e-3)  # TinyNet + momentum: 824 B.
+  algo = hadfl.Hadfl(problem, options)
+  assert algo.schedule.max_width == 2 and len(algo.schedule.bucket_widths) == 2
+  state = ref_state = algo.init(jax.random.PRNGKey(5))
+  cycle = jax.jit(algo.cycle)
+  for _ in range(3):
+    state, info = cycle(state, data)
+    ref_state, ref_info = reference.reference_cycle(algo, ref_state, data)
+    chex.assert_trees_all_close(jax.device_get(state), ref_state, rtol=2e-5, atol=2e-6)
+    chex.assert_trees_all_close(jax.device_get(info), ref_info, rtol=2e-5, atol=2e-6)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from hadfl_jax import data as data_lib
+from hadfl_jax import sharding
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import budgets as budgets_lib
 from hadfl_jax.core import clock
@@ -60,6 +61,14 @@ class HadflOptions:
     down_trace: (device, first_cycle, end_cycle) rows of forced downtime.
     jitter_sigma: per-cycle speed jitter, true speed = s_i exp(sigma * normal).
     speed_ema: weight of the old estimate in the coordinator's EMA of observed speeds.
+    num_buckets: local training runs in up to this many buckets of devices sorted by
+      budget, each for its own largest budget (``config.engine.num_buckets``; see
+      :class:`local.LocalSchedule`); 1 runs one masked loop over all devices.
+    bucket_mib: the most MiB of device state (parameters and optimizer state) in one
+      sub-bucket of local training (``config.engine.bucket_mib``; cache blocking on CPU,
+      see :func:`local.max_width_for_bytes`); 0 means no limit.
+    num_shards: accelerators the device axis is sharded over (buckets are formed
+      within each shard); N must be a multiple of it.
   """
 
   rho: float = 0.5
@@ -73,6 +82,9 @@ class HadflOptions:
   down_trace: tuple[tuple[int, int, int], ...] = ()
   jitter_sigma: float = 0.0
   speed_ema: float = 0.9
+  num_buckets: int = 1
+  bucket_mib: float = 0.0
+  num_shards: int = 1
 
   @classmethod
   def from_config(cls, config) -> 'HadflOptions':
@@ -88,6 +100,10 @@ class HadflOptions:
         down_trace=tuple(tuple(int(v) for v in row) for row in config.faults.down_trace),
         jitter_sigma=config.profile.jitter_sigma,
         speed_ema=config.profile.speed_ema,
+        num_buckets=config.engine.num_buckets if 'engine' in config else 1,
+        bucket_mib=(local.default_bucket_mib() if config.engine.get('bucket_mib') is None
+                    else config.engine.bucket_mib) if 'engine' in config else 0.0,
+        num_shards=sharding.mesh_size(config.engine) if 'engine' in config else 1,
     )
 
 
@@ -129,6 +145,17 @@ class Hadfl:
     self._device_step = local.make_device_step(
         problem.model.apply, problem.optimizer, problem.batch_size
     )
+    sharding.check_divisible(self.num_devices, options.num_shards)
+    state_shapes = (problem.init_params, jax.eval_shape(problem.optimizer.init,
+                                                         problem.init_params))
+    device_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state_shapes))
+    self.schedule = local.LocalSchedule(
+        bucket_widths=local.fit_bucket_widths(problem.profile.speed_N, options.num_buckets,
+                                              options.num_shards),
+        max_width=local.max_width_for_bytes(device_bytes, options.bucket_mib * 2**20),
+        num_shards=options.num_shards,
+    )
+    self.schedule.check(self.num_devices)
 
   def init(self, key: jax.Array) -> HadflState:
     device_key, coord_key = jax.random.split(key)
@@ -202,7 +229,8 @@ class Hadfl:
     plan = self.plan(state)
     budgets_N = plan['budgets_N']
 
-    devices, loss_N = local.masked_local_train(self._device_step, state.devices, data, budgets_N)
+    devices, loss_N = local.masked_local_train(
+        self._device_step, state.devices, data, budgets_N, self.schedule)
 
     group = mixing.GroupMixing(
         idx_K=plan['idx_K'],

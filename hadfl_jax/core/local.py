@@ -136,24 +136,37 @@ class LocalSchedule:
   ``max_{i in bucket} H_i`` iterations. Only the widths are static (see
   :func:`fit_bucket_widths`); which device lands in which bucket follows the traced
   budgets, so buckets adapt to selection, jitter and faults (a bucket of down devices
-  costs nothing) and nothing retraces. Buckets are gathered from and scattered back into
-  the stacked state in place, so a bucket's temporaries (gradients, activations) are
-  those of its width, not of N.
+  costs nothing) and nothing retraces.
+
+  ``max_width`` further splits every bucket into sub-buckets of at most that many
+  devices per shard, which one ``lax.fori_loop`` runs one after another (one compiled
+  body per bucket, whatever the number of sub-buckets), each for its own largest budget.
+  On a CPU this is cache blocking: a sub-bucket's parameters, gradients and optimizer
+  states stay in cache for all its steps instead of streaming N models through memory
+  every step (:func:`max_width_for_bytes`).
+
+  Buckets are gathered from and scattered back into the stacked state in place, so the
+  temporaries (gradients, activations) are those of one (sub-)bucket, not of N devices.
 
   Attributes:
     bucket_widths: devices per bucket in each shard, summing to N / num_shards; empty
-      (the default) runs one masked loop over all devices.
+      means one bucket of all the shard's devices.
+    max_width: the most devices per shard in one sub-bucket; 0 means no limit. A bucket
+      of width w runs as ceil(w / max_width) sub-buckets of equal width (the last padded
+      with idle slots).
     num_shards: S, how many equal blocks the device axis is sharded into (see
       :mod:`hadfl_jax.sharding`); devices are sorted within their block, so bucketing
       never moves a device's state between accelerators.
   """
 
   bucket_widths: tuple[int, ...] = ()
+  max_width: int = 0
   num_shards: int = 1
 
   def __post_init__(self):
-    if self.num_shards < 1 or any(w < 1 for w in self.bucket_widths):
-      raise ValueError(f'LocalSchedule needs num_shards >= 1 and widths >= 1, got {self}')
+    if self.num_shards < 1 or self.max_width < 0 or any(w < 1 for w in self.bucket_widths):
+      raise ValueError('LocalSchedule needs num_shards >= 1, max_width >= 0 and widths '
+                       f'>= 1, got {self}')
 
   def check(self, num_devices: int) -> None:
     """Raises ValueError unless the schedule fits ``num_devices`` devices."""
@@ -165,17 +178,53 @@ class LocalSchedule:
       raise ValueError(f'bucket widths {self.bucket_widths} must sum to the {per_shard} '
                        'devices of a shard')
 
+  def layout(self, num_devices: int) -> tuple[tuple[int, int, int], ...]:
+    """``(span, count, width)`` per bucket: ``span`` sorted devices run as ``count``
+    sub-buckets of ``width`` slots (``count * width >= span``)."""
+    per_shard = num_devices // self.num_shards
+    out = []
+    for span in self.bucket_widths or (per_shard,):
+      count = -(-span // self.max_width) if self.max_width else 1
+      out.append((span, count, -(-span // count)))
+    return tuple(out)
+
+  def is_single_loop(self, num_devices: int) -> bool:
+    return self.layout(num_devices) == ((num_devices // self.num_shards, 1,
+                                         num_devices // self.num_shards),)
+
   def computed_steps(self, budgets_N) -> int:
     """Device-steps the schedule computes, masked or not, for these budgets (numpy).
 
     ``sum(budgets_N) / computed_steps`` is the useful fraction of the work; the single
     loop computes ``N * max(H)``.
     """
-    h_SxL = np.asarray(budgets_N).reshape(self.num_shards, -1)
-    widths = self.bucket_widths or (h_SxL.shape[1],)
-    h_SxL = -np.sort(-h_SxL, axis=1)
-    starts = np.cumsum((0,) + tuple(widths))[:-1]
-    return int(sum(self.num_shards * w * h_SxL[:, o].max() for o, w in zip(starts, widths)))
+    budgets_N = np.asarray(budgets_N)
+    h_SxL = -np.sort(-budgets_N.reshape(self.num_shards, -1), axis=1)
+    total, start = 0, 0
+    for span, count, width in self.layout(budgets_N.size):
+      h_SxCW = np.zeros((self.num_shards, count * width), h_SxL.dtype)
+      h_SxCW[:, :span] = h_SxL[:, start:start + span]
+      start += span
+      total += self.num_shards * width * int(h_SxCW.reshape(
+          self.num_shards, count, width).max(axis=(0, 2)).sum())
+    return total
+
+
+CPU_BUCKET_MIB = 4.0  # Measured on a 2-core EPYC (32 MiB L3): see benchmarks/README.md.
+
+
+def default_bucket_mib() -> float:
+  """Sub-bucket state budget when the config leaves it unset: cache blocking on CPU
+  (:data:`CPU_BUCKET_MIB`); none on GPUs and TPUs, where the widest vmap is fastest."""
+  return CPU_BUCKET_MIB if jax.default_backend() == 'cpu' else 0.0
+
+
+def max_width_for_bytes(bytes_per_device: int, max_bytes: float) -> int:
+  """The widest sub-bucket whose per-device state (parameters and optimizer state)
+  fits in ``max_bytes``; at least 1. ``max_bytes <= 0`` means no limit (0)."""
+  if max_bytes <= 0:
+    return 0
+  return max(1, int(max_bytes // max(bytes_per_device, 1)))
 
 
 def fit_bucket_widths(speed_N, num_buckets: int, num_shards: int = 1,
@@ -276,28 +325,38 @@ def _bucketed_loop(step_N, params, opt_state, steps_N, inputs, budgets_N,
   def blocks(x):  # (N, ...) -> (S, L, ...): a free reshape, each shard keeps its rows.
     return x.reshape((s, per_shard) + x.shape[1:])
 
-  def gather(x_SxL, idx_SxW):  # -> (S * W, ...)
-    x_SxW = jax.vmap(lambda x, i: x[i])(x_SxL, idx_SxW)
+  def gather(x_SxL, idx_SxW):  # -> (S * W, ...); idle slots (index L) read row L - 1.
+    x_SxW = jax.vmap(lambda x, i: x.at[i].get(mode='clip'))(x_SxL, idx_SxW)
     return x_SxW.reshape((-1,) + x_SxW.shape[2:])
 
-  def scatter(x_SxL, idx_SxW, v):
+  def scatter(x_SxL, idx_SxW, v):  # Idle slots are dropped.
     v_SxW = v.reshape(idx_SxW.shape + v.shape[1:])
-    return jax.vmap(lambda x, i, u: x.at[i].set(u, unique_indices=True))(x_SxL, idx_SxW, v_SxW)
+    return jax.vmap(lambda x, i, u: x.at[i].set(u, mode='drop'))(x_SxL, idx_SxW, v_SxW)
+
+  def run_bucket(carry, idx_SxW):
+    take = lambda tree: jax.tree.map(lambda x: gather(x, idx_SxW), tree)
+    out = _masked_loop(step_N, *take(carry[:3]), take(inputs_SxL), gather(h_SxL1, idx_SxW))
+    return tuple(jax.tree.map(lambda x, v: scatter(x, idx_SxW, v), old, new)
+                 for old, new in zip(carry, out))
 
   budgets_SxL = blocks(budgets_N)
+  h_SxL1 = jnp.pad(budgets_SxL, ((0, 0), (0, 1)))  # Idle slot index L: budget 0.
   # Descending budgets within each shard; stable, so equal budgets keep device order.
   order_SxL = jnp.argsort(-budgets_SxL, axis=1, stable=True).astype(jnp.int32)
   inputs_SxL = jax.tree.map(blocks, inputs)
   carry = jax.tree.map(blocks, (params, opt_state, steps_N,
                                 jnp.zeros(budgets_N.shape, jnp.float32)))
   start = 0
-  for width in schedule.bucket_widths:
-    idx_SxW = order_SxL[:, start:start + width]
-    start += width
-    take = lambda tree, idx=idx_SxW: jax.tree.map(lambda x: gather(x, idx), tree)
-    out = _masked_loop(step_N, *take(carry[:3]), take(inputs_SxL),
-                       gather(budgets_SxL, idx_SxW))
-    carry = jax.tree.map(lambda x, v, idx=idx_SxW: scatter(x, idx, v), carry, out)
+  for span, count, width in schedule.layout(num_devices):
+    idx_SxCxW = jnp.pad(order_SxL[:, start:start + span],
+                        ((0, 0), (0, count * width - span)),
+                        constant_values=per_shard).reshape(s, count, width)
+    start += span
+    if count == 1:
+      carry = run_bucket(carry, idx_SxCxW[:, 0])
+    else:
+      carry = jax.lax.fori_loop(
+          0, count, lambda c, carry, idx=idx_SxCxW: run_bucket(carry, idx[:, c]), carry)
   return jax.tree.map(lambda x: x.reshape((num_devices,) + x.shape[2:]), carry)
 
 
@@ -332,7 +391,7 @@ def masked_local_train(
   step_N = jax.vmap(device_step)
   inputs = (devices.key, data.images, data.labels, data.counts)
   args = (step_N, devices.params, devices.opt_state, devices.steps, inputs, budgets_N)
-  if not schedule.bucket_widths:
+  if schedule.is_single_loop(num_devices):
     params, opt_state, steps, loss_sum = _masked_loop(*args)
   else:
     params, opt_state, steps, loss_sum = _bucketed_loop(*args, schedule)
