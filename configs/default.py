@@ -81,7 +81,12 @@ def get_config() -> ml_collections.ConfigDict:
   # H grid: local steps of dfedavg/fedavg/dpsgd; HADFL's fastest device runs H steps
   # (t_local = H * profile.seconds_per_step).
   config.compare.local_steps = (5, 20)
+  # More H values for some algorithms only, e.g. 'dfedavg=20,10;dpsgd=5' (reported as such).
+  config.compare.extra_local_steps = ''
   config.compare.eval_interval_s = 0.0  # simulated seconds between evaluations; 0: auto
+  config.compare.eval_growth = 0.1  # ... and at most this relative step in simulated time
+  # An earlier results.json: run each algorithm at the point that won there (no grid).
+  config.compare.winners_from = ml_collections.config_dict.placeholder(str)
   config.compare.sweep_ratios = (1.0, 2.0, 4.0, 8.0, 16.0)  # heterogeneity sweep
   config.compare.sweep = False  # run the heterogeneity sweep too
   config.compare.ablation = False  # run HADFL's ablation too

@@ -21,5 +21,4 @@ def get_config():
   config.partition.alpha = 0.3
   config.target_accuracy = 0.97
   config.device_eval_examples = 200
-  config.hadfl.rho = 0.25
   return config

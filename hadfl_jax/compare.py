@@ -67,6 +67,7 @@ from hadfl_jax import evaluation
 from hadfl_jax import optim
 from hadfl_jax import train
 from hadfl_jax import validation
+from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import profiles
 
 HAS_LOCAL_STEPS = ('hadfl', 'dfedavg', 'fedavg', 'dpsgd')
@@ -79,13 +80,33 @@ def _write_json(path: str, obj) -> None:
   os.replace(path + '.tmp', path)
 
 
+def parse_extra_local_steps(spec: str) -> dict[str, tuple[int, ...]]:
+  """``'dfedavg=20,10;dpsgd=5'`` -> ``{'dfedavg': (20, 10), 'dpsgd': (5,)}``."""
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    name, _, values = part.partition('=')
+    out[name.strip()] = tuple(int(v) for v in values.split(',') if v.strip())
+  return out
+
+
 def grid_points(config, algorithm: str) -> list[dict]:
-  """The hyperparameter grid of one algorithm: dicts with ``lr`` and maybe ``h``."""
+  """The hyperparameter grid of one algorithm: dicts with ``lr`` and maybe ``h``.
+
+  With ``compare.winners_from`` (the path of an earlier ``results.json``) the grid is the
+  single point that won there, where that comparison ran the algorithm.
+  """
   cmp = config.compare
+  if cmp.get('winners_from'):
+    with open(cmp.winners_from) as f:
+      earlier = json.load(f)['algorithms']
+    if algorithm in earlier:
+      return [dict(earlier[algorithm]['chosen'])]
   points = []
+  extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
+  steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
   for lr in cmp.learning_rates:
     if algorithm in HAS_LOCAL_STEPS:
-      points.extend({'lr': float(lr), 'h': int(h)} for h in cmp.local_steps)
+      points.extend({'lr': float(lr), 'h': int(h)} for h in steps)
     else:
       points.append({'lr': float(lr)})
   return points
@@ -303,8 +324,19 @@ def report_markdown(config, results: dict, title: str) -> str:
            f'{config.num_devices} devices; model `{config.model}`; data `{config.dataset.name}` '
            f'({config.partition.kind}' +
            (f', alpha {config.partition.alpha}' if config.partition.kind == 'dirichlet' else '') +
-           ').', '',
-           '| algorithm | time to target (sim s) | HADFL speedup | final acc | busiest link (MB) '
+           ').', '']
+  if config.compare.get('winners_from'):
+    lines += [f'Hyperparameters carried over from `{config.compare.winners_from}` (the points '
+              'that won there), not re-tuned here.', '']
+  lines += [f'Evaluation (the same for every algorithm, in simulated seconds): after the first '
+            f'cycle that ends past the next point, next point = max(t + '
+            f'{eval_interval(config, None):g} s, t x {1 + config.compare.get("eval_growth", 0.1):g}). '
+            'Runs stop at the target' + (' or the cap' if config.max_sim_time else '') +
+            '; "final acc" is the consensus accuracy at the end of the run (so about the target '
+            'for runs that reach it). Speedup = TTA(baseline) / TTA(HADFL); ">=" when the '
+            'baseline never reached the target (its run length over HADFL\'s TTA). HADFL\'s H is '
+            'the steps of its fastest device per cycle (t_local = H x seconds per step).', '']
+  lines += ['| algorithm | time to target (sim s) | HADFL speedup | final acc | busiest link (MB) '
            '| chosen lr | chosen H |',
            '|---|---|---|---|---|---|---|']
   for name, r in results.items():
@@ -475,10 +507,18 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=_print) -> dict
              'eval_interval_s': eval_interval(config, setup.problem),
              'eval_growth': float(config.compare.get('eval_growth', 0.1)),
              'max_sim_time_s': config.max_sim_time}
+  if 'dpsgd' in names:
+    results['dpsgd_graph'] = graphs.describe(graphs.make_graph(config.baselines.graph,
+                                                               config.num_devices))
   _write_json(os.path.join(workdir, 'results.json'), results)
   plot_curves(tuned, workdir, config.target_accuracy)
   report = report_markdown(config, results['algorithms'],
-                           f'Comparison: {config.get("scenario", "")}'.strip(': '))
+                           f'Comparison: {os.path.basename(os.path.normpath(workdir))}')
+  if 'dpsgd_graph' in results:
+    g = results['dpsgd_graph']
+    report += (f'\nD-PSGD graph: {g["kind"]} on {g["num_devices"]} devices, degree '
+               f'{g["min_degree"]}..{g["max_degree"]}, Metropolis-Hastings weights (symmetric, '
+               f'doubly stochastic), spectral gap {g["spectral_gap"]:.4f}.\n')
   if config.compare.sweep:
     # Only the profile changes: the data, partition and model are shared.
     setup_fn = lambda c: dataclasses.replace(setup, problem=dataclasses.replace(
