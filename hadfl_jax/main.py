@@ -10,7 +10,9 @@ from absl import logging
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from hadfl_jax import data
 from hadfl_jax import train
+from hadfl_jax import validation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl, summary.json.')
@@ -24,7 +26,11 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; keep logs quiet.
   tfds.disable_progress_bar()
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (validation.ConfigError, data.DatasetError, train.DivergenceError) as e:
+    # Bad input or a diverged run: the message says what and where; no traceback.
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

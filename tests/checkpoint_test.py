@@ -1,0 +1,195 @@
+"""Checkpoints and resuming in the same process: what is saved, what may change, what is refused."""
+
+import json
+import os
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from hadfl_jax import algorithms
+from hadfl_jax import checkpoint
+from hadfl_jax import evaluation
+from hadfl_jax import train
+from hadfl_jax import validation
+from tests import compile_cache
+
+FILES = ('metrics.jsonl', 'summary.json')
+
+
+def _config(data_dir, **overrides):
+  from configs import default  # pylint: disable=g-import-not-at-top
+
+  config = default.get_config()
+  config.dataset.data_dir = data_dir
+  config.num_devices = 4
+  config.profile.speeds = (1.0, 2.0, 3.0, 4.0)
+  config.engine.num_buckets = 1
+  config.device_eval_examples = 100
+  # Faults and speed jitter, so that every part of the state moves.
+  config.faults.p_drop = 0.2
+  config.profile.jitter_sigma = 0.3
+  config.num_cycles = 6
+  config.eval_every = 3
+  config.checkpoint_every = 3
+  for field, value in overrides.items():
+    section, _, name = field.rpartition('__')
+    (config[section] if section else config)[name] = value
+  return config
+
+
+def _files(workdir) -> dict[str, bytes]:
+  return {name: (workdir / name).read_bytes() for name in FILES}
+
+
+def _timing(workdir) -> dict:
+  return json.loads((workdir / 'timing.json').read_text())
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _cache(tmp_path_factory):
+  with compile_cache.persistent_compilation_cache(tmp_path_factory.mktemp('jax_cache')):
+    yield
+
+
+@pytest.fixture(scope='module')
+def finished(digits_data_dir, tmp_path_factory):
+  """A finished 9-cycle run with checkpoints after cycles 6 and 9 (3 was deleted)."""
+  workdir = tmp_path_factory.mktemp('finished')
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
+  return workdir
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+  def copy(workdir):
+    return shutil.copytree(workdir, tmp_path / 'copy')
+  return copy
+
+
+def test_checkpoint_holds_the_whole_state(finished, digits_data_dir):
+  config = _config(digits_data_dir, num_cycles=9)
+  setup = train.build_setup(config)
+  algorithm = algorithms.make_algorithm(config, setup.problem)
+  fresh = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  checkpoints = checkpoint.Checkpointer(str(finished))
+  try:
+    assert checkpoints.latest_step == 9
+    restored, progress = checkpoints.restore(fresh)
+  finally:
+    checkpoints.close()
+  chex.assert_trees_all_equal_shapes_and_dtypes(restored, fresh)
+  # The data position: each device's step counter is what the ledger counted.
+  np.testing.assert_array_equal(restored.devices.steps, progress['ledger']['steps_N'])
+  assert min(progress['ledger']['steps_N']) > 0
+  # The per-device and coordinator keys (fixed by the seed), the cycle index.
+  np.testing.assert_array_equal(restored.devices.key, fresh.devices.key)
+  np.testing.assert_array_equal(restored.key, fresh.key)
+  assert int(restored.cycle) == 9
+  assert -1 <= int(restored.last_sync.min()) <= int(restored.last_sync.max()) == 8
+  # The profiled speeds moved off the profile (jitter): they are state, not config.
+  assert not np.allclose(restored.speed_est, setup.problem.profile.speed_N)
+  # The models: evaluated, they give the last row of metrics.jsonl.
+  evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
+                                   config.eval_batch_size, config.device_eval_examples)
+  rows = [json.loads(line) for line in (finished / 'metrics.jsonl').read_text().splitlines()]
+  evaluated = train.evaluate(evaluator, algorithm, restored)
+  assert evaluated == pytest.approx({k: rows[-1][k] for k in evaluated}, rel=1e-6)
+  # The host's bookkeeping: ledger, history and config are those of the finished run.
+  summary = json.loads((finished / 'summary.json').read_text())
+  assert progress['ledger']['sim_time'] == summary['sim_time_s']
+  assert progress['ledger']['cycles'] == 9
+  assert progress['history'] == rows
+  assert progress['config'] == checkpoint.to_json_tree(config)
+
+
+def test_rerunning_a_finished_run_runs_no_cycle(finished, copy_of, digits_data_dir):
+  workdir = copy_of(finished)
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
+  assert _timing(workdir)['resumed_after_cycle'] == 9
+  assert _files(workdir) == _files(finished)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['6', '9']
+
+
+def test_resumes_from_the_latest_checkpoint_and_truncates_metrics(finished, copy_of,
+                                                                 digits_data_dir):
+  workdir = copy_of(finished)
+  # As a run killed after cycle 9's evaluation, before its checkpoint was complete:
+  # metrics.jsonl has the row of cycle 9, checkpoint 6 does not.
+  shutil.rmtree(workdir / 'checkpoints' / '9')
+  (workdir / 'summary.json').unlink()
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
+  assert _timing(workdir)['resumed_after_cycle'] == 6
+  assert _files(workdir) == _files(finished)
+
+
+def test_extending_num_cycles_continues_the_run(finished, copy_of, digits_data_dir):
+  workdir = copy_of(finished)
+  shutil.rmtree(workdir / 'checkpoints' / '9')
+  # A finished 6-cycle run (its checkpoint 6 is that of the 9-cycle run: eval_every
+  # divides 6, and num_cycles may differ)...
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=6), str(workdir))
+  assert json.loads((workdir / 'summary.json').read_text())['cycles'] == 6
+  # ...extended to 9 cycles gives the 9-cycle run.
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
+  assert _timing(workdir)['resumed_after_cycle'] == 6
+  assert _files(workdir) == _files(finished)
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(hadfl__rho=0.25), 'hadfl.rho: 0.5 in the workdir, 0.25 now'),
+    (dict(seed=3), 'seed: 0 in the workdir, 3 now'),
+    (dict(profile__speeds=(1.0, 1.0, 3.0, 4.0)),
+     r'profile.speeds: \[1.0, 2.0, 3.0, 4.0\] in the workdir, \[1.0, 1.0, 3.0, 4.0\] now'),
+])
+def test_a_different_config_is_refused(finished, copy_of, digits_data_dir, change, message):
+  workdir = copy_of(finished)
+  before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()}
+  change = dict(num_cycles=9, **change)
+  with pytest.raises(checkpoint.ResumeError, match=message):
+    train.train_and_evaluate(_config(digits_data_dir, **change), str(workdir))
+  # Refused before writing anything.
+  assert {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()} == before
+  # Without config.json, the checkpoint's own record of the config refuses it.
+  (workdir / 'config.json').unlink()
+  with pytest.raises(checkpoint.ResumeError, match='checkpoint 9 .*' + message):
+    train.train_and_evaluate(_config(digits_data_dir, **change), str(workdir))
+
+
+def test_a_workdir_without_checkpoints_refuses_a_different_config(digits_data_dir, tmp_path):
+  config = _config(digits_data_dir, checkpoint_every=0)
+  (tmp_path / 'config.json').write_text(json.dumps(config.to_dict()))
+  config.optimizer.learning_rate = 0.01
+  with pytest.raises(checkpoint.ResumeError, match='optimizer.learning_rate: 0.05 in the workdir'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['config.json']
+
+
+def test_fewer_cycles_than_done_is_refused(finished, copy_of, digits_data_dir):
+  workdir = copy_of(finished)
+  with pytest.raises(checkpoint.ResumeError, match='num_cycles=7 is below .* at cycle 9'):
+    train.train_and_evaluate(_config(digits_data_dir, num_cycles=7), str(workdir))
+
+
+def test_a_run_stopped_at_target_stays_stopped(digits_data_dir, tmp_path):
+  config = _config(digits_data_dir, target_accuracy=0.3, stop_at_target=True, eval_every=1,
+                   checkpoint_every=4, num_cycles=30)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary['cycles'] < 30
+  files = _files(tmp_path)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert _timing(tmp_path)['resumed_after_cycle'] == summary['cycles']
+  assert _files(tmp_path) == files
+
+
+def test_config_differences_ignore_resumable_fields():
+  saved = {'num_cycles': 6, 'checkpoint_every': 3, 'engine': {'num_buckets': 8},
+           'dataset': {'name': 'digits', 'data_dir': '/a'}, 'hadfl': {'rho': 0.5}}
+  current = {'num_cycles': 60, 'checkpoint_every': 0, 'engine': {'num_buckets': 1, 'new': 1},
+             'dataset': {'name': 'digits', 'data_dir': '/b'}, 'hadfl': {'rho': 0.5, 'extra': 2}}
+  assert checkpoint.config_differences(saved, current) == [
+      'hadfl.extra: absent in the workdir, 2 now']
+  assert checkpoint.config_differences(current, current) == []
+  assert issubclass(checkpoint.ResumeError, validation.ConfigError)
