@@ -77,6 +77,19 @@ def test_computed_steps_by_hand():
   assert schedule.computed_steps(budgets_N) == 21
 
 
+def test_device_working_set_by_hand(six_devices):
+  _, devices, _ = six_devices
+  problem, _ = fixtures.make_tiny_problem()
+  params = jax.tree.map(lambda x: x[0], devices.params)
+  opt_state = jax.tree.map(lambda x: x[0], devices.opt_state)
+  x_B = jax.ShapeDtypeStruct((3, 4, 4, 1), jnp.float32)
+  # 103 parameters + 103 momentum: 3 x 824 bytes. The forward pass on 3 images, float32:
+  # flatten 3x16 (192 B), dense: dot 3x5 (60), bias 1x5 (20), add 3x5 (60); tanh 3x5 (60);
+  # dense: dot 3x3 (36), bias 1x3 (12), add 3x3 (36): 476 bytes.
+  got = local.device_working_set_bytes(problem.model.apply, params, opt_state, x_B)
+  assert got == 3 * 824 + 476
+
+
 def test_max_width_for_bytes():
   assert local.max_width_for_bytes(1000, 4500) == 4
   assert local.max_width_for_bytes(1000, 10) == 1  # Never below one device.
@@ -116,10 +129,12 @@ def test_hadfl_with_buckets_matches_reference():
   # Two budget-sorted buckets, each run as sub-buckets of two devices, against the
   # plain-loop reference, with faults and jitter moving devices between buckets.
   problem, data = fixtures.make_tiny_problem()
+  # TinyNet's working set: 3 x 824 B of parameters and momentum + 356 B of activations.
   options = hadfl.HadflOptions(t_local=0.3, p_drop=0.25, jitter_sigma=0.3, speed_ema=0.5,
-                               num_buckets=2, bucket_mib=2e-3)  # TinyNet + momentum: 824 B.
+                               num_buckets=2, bucket_mib=6000 / 2**20)
   algo = hadfl.Hadfl(problem, options)
-  assert algo.schedule.max_width == 2 and len(algo.schedule.bucket_widths) == 2
+  schedule = algo.schedule_for(data)
+  assert schedule.max_width == 2 and len(schedule.bucket_widths) == 2
   state = ref_state = algo.init(jax.random.PRNGKey(5))
   cycle = jax.jit(algo.cycle)
   for _ in range(3):

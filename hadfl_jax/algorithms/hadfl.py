@@ -64,9 +64,9 @@ class HadflOptions:
     num_buckets: local training runs in up to this many buckets of devices sorted by
       budget, each for its own largest budget (``config.engine.num_buckets``; see
       :class:`local.LocalSchedule`); 1 runs one masked loop over all devices.
-    bucket_mib: the most MiB of device state (parameters and optimizer state) in one
-      sub-bucket of local training (``config.engine.bucket_mib``; cache blocking on CPU,
-      see :func:`local.max_width_for_bytes`); 0 means no limit.
+    bucket_mib: the most MiB of device working sets (state, gradients, activations)
+      in one sub-bucket of local training (``config.engine.bucket_mib``; cache blocking
+      on CPU, see :func:`local.max_width_for_bytes`); 0 means no limit.
     num_shards: accelerators the device axis is sharded over (buckets are formed
       within each shard); N must be a multiple of it.
   """
@@ -146,16 +146,28 @@ class Hadfl:
         problem.model.apply, problem.optimizer, problem.batch_size
     )
     sharding.check_divisible(self.num_devices, options.num_shards)
-    state_shapes = (problem.init_params, jax.eval_shape(problem.optimizer.init,
-                                                         problem.init_params))
-    device_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state_shapes))
-    self.schedule = local.LocalSchedule(
-        bucket_widths=local.fit_bucket_widths(problem.profile.speed_N, options.num_buckets,
-                                              options.num_shards),
-        max_width=local.max_width_for_bytes(device_bytes, options.bucket_mib * 2**20),
-        num_shards=options.num_shards,
-    )
-    self.schedule.check(self.num_devices)
+    self._bucket_widths = local.fit_bucket_widths(
+        problem.profile.speed_N, options.num_buckets, options.num_shards)
+    self._schedules = {}
+
+  def schedule_for(self, data: data_lib.DeviceData) -> local.LocalSchedule:
+    """The local-training schedule (static; sub-bucket width from the input shape)."""
+    key = (data.images.shape[2:], self.problem.batch_size)
+    if key not in self._schedules:
+      max_width = 0
+      if self.options.bucket_mib > 0:
+        x_B = jax.ShapeDtypeStruct((self.problem.batch_size,) + data.images.shape[2:],
+                                   jnp.float32)
+        opt_state = jax.eval_shape(self.problem.optimizer.init, self.problem.init_params)
+        max_width = local.max_width_for_bytes(
+            local.device_working_set_bytes(self.problem.model.apply, self.problem.init_params,
+                                           opt_state, x_B),
+            self.options.bucket_mib * 2**20)
+      self._schedules[key] = local.LocalSchedule(
+          bucket_widths=self._bucket_widths, max_width=max_width,
+          num_shards=self.options.num_shards)
+      self._schedules[key].check(self.num_devices)
+    return self._schedules[key]
 
   def init(self, key: jax.Array) -> HadflState:
     device_key, coord_key = jax.random.split(key)
@@ -230,7 +242,7 @@ class Hadfl:
     budgets_N = plan['budgets_N']
 
     devices, loss_N = local.masked_local_train(
-        self._device_step, state.devices, data, budgets_N, self.schedule)
+        self._device_step, state.devices, data, budgets_N, self.schedule_for(data))
 
     group = mixing.GroupMixing(
         idx_K=plan['idx_K'],

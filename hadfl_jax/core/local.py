@@ -210,7 +210,7 @@ class LocalSchedule:
     return total
 
 
-CPU_BUCKET_MIB = 4.0  # Measured on a 2-core EPYC (32 MiB L3): see benchmarks/README.md.
+CPU_BUCKET_MIB = 8.0  # Measured on a 2-core EPYC (32 MiB L3): see the README, Performance.
 
 
 def default_bucket_mib() -> float:
@@ -219,9 +219,35 @@ def default_bucket_mib() -> float:
   return CPU_BUCKET_MIB if jax.default_backend() == 'cpu' else 0.0
 
 
+def device_working_set_bytes(apply_fn: ApplyFn, params: PyTree, opt_state: PyTree,
+                             x_B: jax.ShapeDtypeStruct) -> int:
+  """An estimate of the memory one device's local step touches.
+
+  Three copies of the device's state (parameters and optimizer state: the old, the
+  gradient or update, the new) plus every intermediate value of the forward pass on one
+  batch (what the backward pass reads back), from the forward pass's jaxpr; no
+  compilation. Leaves may be arrays or ``jax.ShapeDtypeStruct``.
+
+  Args:
+    apply_fn: the model's ``apply``.
+    params: one device's parameters.
+    opt_state: one device's optimizer state.
+    x_B: the shape and dtype of one batch of inputs.
+
+  Returns:
+    Bytes.
+  """
+  nbytes = lambda x: int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+  state = sum(nbytes(x) for x in jax.tree.leaves((params, opt_state)))
+  jaxpr = jax.make_jaxpr(lambda p, x: apply_fn({'params': p}, x))(params, x_B)
+  activations = sum(nbytes(v.aval) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars)
+  return 3 * state + activations
+
+
 def max_width_for_bytes(bytes_per_device: int, max_bytes: float) -> int:
-  """The widest sub-bucket whose per-device state (parameters and optimizer state)
-  fits in ``max_bytes``; at least 1. ``max_bytes <= 0`` means no limit (0)."""
+  """The widest sub-bucket whose devices' working sets
+  (:func:`device_working_set_bytes`) fit in ``max_bytes``; at least 1.
+  ``max_bytes <= 0`` means no limit (0)."""
   if max_bytes <= 0:
     return 0
   return max(1, int(max_bytes // max(bytes_per_device, 1)))

@@ -1,0 +1,140 @@
+"""Masking waste of the local-training loop, and what bucketing saves.
+
+With heterogeneous budgets H_i a single masked loop computes ``N * max_i H_i``
+device-steps, of which ``sum_i H_i`` are useful. For each of the spec's scenarios this
+benchmark runs HADFL's planner (faults, selection, budgets; no training) for a number of
+cycles and reports the wasted fraction of the computed device-steps under
+
+* ``single``: one masked loop (the engine without buckets);
+* ``static G``: the idea of the issue: devices grouped once by profiled speed into G
+  equal groups, each running to its group's largest budget;
+* ``sorted G``: what :class:`hadfl_jax.core.local.LocalSchedule` does: each cycle the
+  devices are sorted by their actual budgets and cut into buckets whose static widths
+  :func:`hadfl_jax.core.local.fit_bucket_widths` fitted to the speed profile.
+
+Then it times local training with real budgets of the paper-like (CNN) and
+many-devices (MLP) scenarios, single loop against bucket counts, side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import common
+from hadfl_jax.algorithms import hadfl
+from hadfl_jax.core import local
+
+SCENARIOS = (
+    common.Scenario('paper-like (N=8, speeds 1..8, CNN)', 8,
+                    dict(kind='list', speeds=common.PAPER_SPEEDS),
+                    hadfl.HadflOptions(t_local=0.5), 421_642),
+    common.Scenario('quick (N=8, speeds 1..8, t_local 0.1)', 8,
+                    dict(kind='list', speeds=common.PAPER_SPEEDS),
+                    hadfl.HadflOptions(t_local=0.1), 4_810),
+    common.Scenario('many-devices (N=64, lognormal 0.8, 30% down)', 64,
+                    dict(kind='lognormal', sigma=0.8),
+                    hadfl.HadflOptions(t_local=0.5, p_drop=0.3), 421_642),
+    common.Scenario('scale (N=10,000, lognormal 0.8, 30% down, rho 0.01)', 10_000,
+                    dict(kind='lognormal', sigma=0.8),
+                    hadfl.HadflOptions(t_local=0.5, p_drop=0.3, rho=0.01), 55_050),
+)
+BUCKETS = (2, 4, 8, 16)
+
+
+def static_groups_computed(speed_N: np.ndarray, num_groups: int, budgets_CxN: np.ndarray) -> int:
+  """Device-steps of G static groups of equal size by profiled speed (the issue's idea)."""
+  groups = np.array_split(np.argsort(-speed_N, kind='stable'), num_groups)
+  return int(sum(len(g) * h[g].max() for h in budgets_CxN for g in groups))
+
+
+def waste_table(num_cycles: int) -> list[dict[str, Any]]:
+  rows = []
+  for scenario in SCENARIOS:
+    budgets_CxN = common.budget_trace(scenario, num_cycles)
+    speed_N = common.make_profile(scenario).speed_N
+    useful = int(budgets_CxN.sum())
+    row = dict(scenario=scenario.name, num_devices=scenario.num_devices, cycles=num_cycles,
+               mean_budget=float(budgets_CxN.mean()), max_budget=int(budgets_CxN.max()),
+               single=1.0 - useful / (scenario.num_devices * budgets_CxN.max(axis=1)).sum())
+    for g in BUCKETS:
+      if g > scenario.num_devices:
+        continue
+      widths = local.fit_bucket_widths(speed_N, g)
+      schedule = local.LocalSchedule(widths)
+      computed = sum(schedule.computed_steps(h) for h in budgets_CxN)
+      row[f'sorted_{g}'] = 1.0 - useful / computed
+      row[f'static_{g}'] = 1.0 - useful / static_groups_computed(speed_N, g, budgets_CxN)
+      row[f'widths_{g}'] = list(widths)
+    rows.append(row)
+  return rows
+
+
+def time_buckets(model_name: str, scenario: common.Scenario, buckets: tuple[int, ...],
+                 scale: float, num_cycles: int, repeats: int, per_device: int = 64
+                 ) -> dict[str, Any]:
+  """Wall time of local training under each bucket count, on real budgets (scaled)."""
+  n = scenario.num_devices
+  model, params = common.init_params(model_name)
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, n)
+  data = common.random_device_data(n, per_device)
+  step = local.make_device_step(model.apply, optimizer, 32)
+  budgets_CxN = common.budget_trace(scenario, num_cycles)
+  budgets_CxN = np.ceil(budgets_CxN * scale).astype(np.int32)
+  speed_N = common.make_profile(scenario).speed_N
+  fns, useful_fraction = {}, {}
+  for g in buckets:
+    schedule = local.LocalSchedule(local.fit_bucket_widths(speed_N, g))
+    train = jax.jit(lambda d, b, s=schedule: local.masked_local_train(step, d, data, b, s)[0])
+    fns[g] = (lambda train=train: [jax.block_until_ready(train(devices, jnp.asarray(h)))
+                                   for h in budgets_CxN])
+    useful_fraction[g] = budgets_CxN.sum() / sum(schedule.computed_steps(h) for h in budgets_CxN)
+  seconds = common.interleaved_medians({str(g): f for g, f in fns.items()}, repeats)
+  base = seconds[str(buckets[0])]
+  return dict(model=model_name, scenario=scenario.name, budget_scale=scale,
+              cycles=num_cycles, useful_device_steps=int(budgets_CxN.sum()),
+              rows=[dict(buckets=g, seconds=seconds[str(g)], speedup=base / seconds[str(g)],
+                         useful_fraction=float(useful_fraction[g])) for g in buckets])
+
+
+def run(quick: bool) -> dict[str, Any]:
+  table = waste_table(num_cycles=5 if quick else 20)
+  timings = []
+  if quick:
+    timings.append(time_buckets('small_mlp', SCENARIOS[1], (1, 4), 1.0, 1, 1, per_device=16))
+  else:
+    timings.append(time_buckets('cnn', SCENARIOS[0], (1, 2, 4, 8), 0.25, 2, 3))
+    timings.append(time_buckets('mlp', SCENARIOS[2], (1, 4, 8, 16), 1.0, 2, 3))
+  return dict(waste=table, timings=timings)
+
+
+def _pct(x):
+  return '' if x is None else f'{100 * x:.0f}%'
+
+
+def markdown(result: dict[str, Any]) -> str:
+  lines = ['| scenario | mean / max H | single loop | ' + ' | '.join(
+      f'static {g} / sorted {g}' for g in BUCKETS) + ' |', '|---' * (3 + len(BUCKETS)) + '|']
+  for r in result['waste']:
+    cells = [r['scenario'], f"{r['mean_budget']:.1f} / {r['max_budget']}", _pct(r['single'])]
+    for g in BUCKETS:
+      cells.append(f"{_pct(r.get(f'static_{g}'))} / **{_pct(r.get(f'sorted_{g}'))}**"
+                   if f'sorted_{g}' in r else 'n/a')
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines.append('')
+  lines.append('Wall time of local training on the scenario\'s real budgets, side by side:')
+  lines.append('')
+  lines.append('| model, scenario | buckets | useful work | time | speedup vs single loop |')
+  lines.append('|---|---|---|---|---|')
+  for t in result['timings']:
+    for row in t['rows']:
+      lines.append(f"| {t['model']}, {t['scenario']} (budgets x{t['budget_scale']:g}, "
+                   f"{t['cycles']} cycles) | {row['buckets']} | "
+                   f"{100 * row['useful_fraction']:.0f}% | {row['seconds']:.2f} s | "
+                   f"{row['speedup']:.2f}x |")
+  return '\n'.join(lines)
