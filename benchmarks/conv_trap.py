@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--devices', default='8,16', help='comma-separated N values')
   parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--seconds', type=float, default=2.0,
+  parser.add_argument('--seconds', type=float, default=1.5,
                       help='target wall time of one timed run')
   parser.add_argument('--max_steps', type=int, default=200)
   parser.add_argument('--variants', default=','.join(all_variants),
