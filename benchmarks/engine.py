@@ -10,6 +10,9 @@ by side in one process on the same random MNIST-shaped data, same model, same op
   sub-bucket one ``jax.vmap`` inside a masked ``lax.while_loop``, a ``fori_loop`` over
   sub-buckets;
 * ``engine, one vmap``: the same with all N devices in one vmap (no sub-buckets);
+* ``engine, 2 host devices``: the engine with the device axis sharded over two JAX CPU
+  devices (``benchmarks.run`` starts JAX with ``--xla_force_host_platform_device_count=2``),
+  which lets XLA run the two halves on the two cores (only where two devices exist);
 * ``naive``: a Python loop over devices and steps calling one jitted single-device step
   (:func:`hadfl_jax.core.local.make_device_step`), what fedjax's default
   ``for_each_client`` backend does;
@@ -45,6 +48,24 @@ def _engine(step, devices, data, schedule):
 
   def run(h: int):
     return jax.block_until_ready(train(devices, jnp.full((n,), h, jnp.int32)).params)
+
+  return run
+
+
+def _engine_sharded(step, devices, data, schedule, num_shards: int):
+  """The engine with the device axis split over ``num_shards`` JAX devices."""
+  from hadfl_jax import sharding  # pylint: disable=g-import-not-at-top
+  n = devices.num_devices
+  mesh = sharding.make_mesh(num_shards)
+  devices = sharding.place(devices, sharding.tree_shardings(devices, n, mesh))
+  data = sharding.place(data, sharding.tree_shardings(data, n, mesh))
+  schedule = local.LocalSchedule(max_width=schedule.max_width, num_shards=num_shards)
+  train = jax.jit(lambda d, x, b: local.masked_local_train(step, d, x, b, schedule)[0])
+  ones_N = sharding.place(jnp.ones((n,), jnp.int32),
+                          sharding.tree_shardings(jnp.ones((n,)), n, mesh))
+
+  def run(h: int):
+    return jax.block_until_ready(train(devices, data, ones_N * h).params)
 
   return run
 
@@ -114,6 +135,8 @@ def measure(model_name: str, num_devices: int, target_s: float, repeats: int,
   step = local.make_device_step(model.apply, optimizer, BATCH)
   schedule = default_schedule(model, params, optimizer)
   runs = {'engine': _engine(step, devices, data, schedule)}
+  if jax.device_count() >= 2 and num_devices % 2 == 0:
+    runs['engine_2dev'] = _engine_sharded(step, devices, data, schedule, 2)
   if with_single:
     runs['engine_one_vmap'] = _engine(step, devices, data, local.LocalSchedule())
   runs['naive'] = _naive(step, devices, data)
@@ -134,6 +157,10 @@ def measure(model_name: str, num_devices: int, target_s: float, repeats: int,
   row['engine_vs_limit'] = seconds['limit'] / seconds['engine'] if with_limit else None
   row['one_vmap_vs_naive'] = (seconds['naive'] / seconds['engine_one_vmap']
                               if with_single else None)
+  if 'engine_2dev' in seconds:
+    row['engine_2dev_vs_naive'] = seconds['naive'] / seconds['engine_2dev']
+    row['engine_2dev_vs_limit'] = (seconds['limit'] / seconds['engine_2dev']
+                                   if with_limit else None)
   return row
 
 
@@ -194,19 +221,27 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-  lines = ['| model (params) | N | steps x batch | engine ex/s (sub-bucket width) | '
-           'engine, one vmap of N | naive loop | one big batch | engine / naive | '
-           'engine / limit |', '|---|---|---|---|---|---|---|---|---|']
+  two = any('engine_2dev' in r['examples_per_s'] for r in result['rows'])
+  head = ['model (params)', 'N', 'steps x batch', 'engine (sub-bucket width)']
+  head += ['engine, 2 host devices'] if two else []
+  head += ['engine, one vmap of N', 'naive loop', 'one big batch', 'engine / naive',
+           'engine / limit']
+  head += ['2 devices / naive', '2 devices / limit'] if two else []
+  lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
+  na = 'n/a (memory)'
+  fmt = lambda eps, k: format(eps[k], ',.0f') if k in eps else na
+  ratio = lambda x: 'n/a' if x is None else f'**{x:.2f}x**'
   for r in result['rows']:
     eps = r['examples_per_s']
-    na = 'n/a (memory)'
-    lines.append(
-        f"| {r['model']} ({r['params']:,}) | {r['num_devices']} | {r['steps']} x {r['batch']} | "
-        f"{eps['engine']:,.0f} ({r['max_width'] or 'N'}) | "
-        f"{format(eps['engine_one_vmap'], ',.0f') if 'engine_one_vmap' in eps else na} | "
-        f"{eps['naive']:,.0f} | {format(eps['limit'], ',.0f') if 'limit' in eps else na} | "
-        f"**{r['engine_vs_naive']:.2f}x** | "
-        f"{'**%.2fx**' % r['engine_vs_limit'] if r['engine_vs_limit'] else 'n/a'} |")
+    cells = [f"{r['model']} ({r['params']:,})", str(r['num_devices']),
+             f"{r['steps']} x {r['batch']}",
+             f"{eps['engine']:,.0f} ({r['max_width'] or 'N'})"]
+    cells += [fmt(eps, 'engine_2dev')] if two else []
+    cells += [fmt(eps, 'engine_one_vmap'), fmt(eps, 'naive'), fmt(eps, 'limit'),
+              ratio(r['engine_vs_naive']), ratio(r['engine_vs_limit'])]
+    if two:
+      cells += [ratio(r.get('engine_2dev_vs_naive')), ratio(r.get('engine_2dev_vs_limit'))]
+    lines.append('| ' + ' | '.join(cells) + ' |')
   trap = result.get('conv_trap')
   if trap:
     eps = trap['examples_per_s']
