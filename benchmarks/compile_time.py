@@ -125,7 +125,7 @@ def later_cycles(prepared: list[dict[str, Any]], num_cycles: int) -> None:
 def run(quick: bool) -> dict[str, Any]:
   plans = [('quick', (1, 8), 2 if quick else 8)]
   if not quick:
-    plans.append(('paper-like', (1, 4, 8), 3))
+    plans.append(('paper-like', (1, 8), 3))
   rows = []
   for name, buckets, later in plans:
     prepared, setup = [], None
