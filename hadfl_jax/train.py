@@ -60,10 +60,18 @@ class Setup:
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
-  """Loads and partitions the data, builds the model, optimizer and device profile."""
+  """Loads and partitions the data, builds the model, optimizer and device profile.
+
+  Raises:
+    data.DatasetError: the dataset cannot be read (unknown, missing, corrupt or
+      truncated files), naming the file.
+    validation.ConfigError: the config asks for more than the dataset holds (e.g. more
+      devices than examples).
+  """
   ds = config.dataset
   train = data_lib.load_split(ds.name, ds.train_split, data_dir=ds.data_dir, idx_dir=ds.idx_dir)
   test = data_lib.load_split(ds.name, ds.test_split, data_dir=ds.data_dir, idx_dir=ds.idx_dir)
+  validation.validate_against_data(config, len(train.labels), train.num_classes)
   parts = data_lib.partition(
       train.labels,
       config.num_devices,
