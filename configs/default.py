@@ -87,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compare.eval_growth = 0.1  # ... and at most this relative step in simulated time
   # An earlier results.json: run each algorithm at the point that won there (no grid).
   config.compare.winners_from = ml_collections.config_dict.placeholder(str)
+  config.compare.cached_only = False  # only collect finished runs; list the others as not run
   config.compare.sweep_ratios = (1.0, 2.0, 4.0, 8.0, 16.0)  # heterogeneity sweep
   config.compare.sweep = False  # run the heterogeneity sweep too
   config.compare.ablation = False  # run HADFL's ablation too

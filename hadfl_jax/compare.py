@@ -268,11 +268,15 @@ def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
   out = {}
   for name in names:
     points = (points_of or (lambda n: grid_points(config, n)))(name)
-    records = []
+    records, skipped = [], []
     for point in points:
       cfg = apply_point(config, name, point, setup.problem)
-      rec = run_point(cfg, setup, evaluator, os.path.join(workdir, 'runs',
-                                                          f'{name}_{point_tag(point)}'))
+      run_dir = os.path.join(workdir, 'runs', f'{name}_{point_tag(point)}')
+      if config.compare.get('cached_only') and _load_run(cfg, run_dir) is None:
+        skipped.append(point)  # Not run (CPU time); the report lists it.
+        log(f'[{name} {point_tag(point)}] not run (cached_only)')
+        continue
+      rec = run_point(cfg, setup, evaluator, run_dir)
       rec['point'] = point
       records.append(rec)
       tta = rec['time_to_target_s']
@@ -280,8 +284,10 @@ def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
           f'{"not reached" if tta is None else f"{tta:.2f}s"}  final acc '
           f'{rec["final_consensus_accuracy"]:.4f}  sim {rec["sim_time_s"]:.1f}s  '
           f'wall {rec["wall_time_s"]:.0f}s')
+    if not records:
+      continue
     best = min(records, key=rank_key)
-    out[name] = {'best': best, 'grid': records}
+    out[name] = {'best': best, 'grid': records, 'skipped': skipped}
   return out
 
 
@@ -311,6 +317,7 @@ def summarise(tuned: dict[str, dict]) -> dict:
         'chosen': b['point'],
         'grid': [{k: r[k] for k in ('point', 'time_to_target_s', 'final_consensus_accuracy',
                                     'sim_time_s', 'wall_time_s')} for r in t['grid']],
+        'not_run': t.get('skipped', []),
     }
     if hadfl is not None and name != 'hadfl':
       res[name]['hadfl_speedup'] = speedup(hadfl, b)
@@ -351,6 +358,8 @@ def report_markdown(config, results: dict, title: str) -> str:
       lines.append(f'| {name} | {g["point"]["lr"]} | {g["point"].get("h", "-")} | '
                    f'{_fmt_tta(g["time_to_target_s"])} | {g["final_consensus_accuracy"]:.4f} | '
                    f'{g["sim_time_s"]:.1f} | {g["wall_time_s"]:.0f} |')
+    for p in r.get('not_run', []):
+      lines.append(f'| {name} | {p["lr"]} | {p.get("h", "-")} | not run (CPU time) | | | |')
   return '\n'.join(lines) + '\n'
 
 
@@ -488,6 +497,29 @@ def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=_prin
   return {'rows': rows}
 
 
+def ablation_over_seeds(paths: Sequence[str]) -> str:
+  """A markdown table of several ``ablation.json`` (one per seed): mean and per-seed TTA.
+
+  Points that never reached the target count as their run length (marked), so a mean
+  with such a point is a lower bound.
+  """
+  runs = []
+  for p in paths:
+    with open(p) as f:
+      runs.append(json.load(f))
+  lines = ['| option | value | mean TTA (sim s) | TTA per seed | mean final acc |',
+           '|---|---|---|---|---|']
+  for i, row in enumerate(runs[0]):
+    ttas = [r[i]['time_to_target_s'] for r in runs]
+    vals = [t if t is not None else r[i]['sim_time_s'] for t, r in zip(ttas, runs)]
+    mark = '>= ' if any(t is None for t in ttas) else ''
+    per = ', '.join(_fmt_tta(t) for t in ttas)
+    acc = np.mean([r[i]['final_consensus_accuracy'] for r in runs])
+    lines.append(f'| {row["field"]} | {row["value"]} | {mark}{np.mean(vals):.2f} | {per} | '
+                 f'{acc:.4f} |')
+  return '\n'.join(lines) + '\n'
+
+
 def compare(config: ml_collections.ConfigDict, workdir: str, log=_print) -> dict:
   """Runs the comparison (and optionally sweep and ablation) described in the module
   docstring; returns results.json's content."""
@@ -511,7 +543,8 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=_print) -> dict
     results['dpsgd_graph'] = graphs.describe(graphs.make_graph(config.baselines.graph,
                                                                config.num_devices))
   _write_json(os.path.join(workdir, 'results.json'), results)
-  plot_curves(tuned, workdir, config.target_accuracy)
+  if tuned:
+    plot_curves(tuned, workdir, config.target_accuracy)
   report = report_markdown(config, results['algorithms'],
                            f'Comparison: {os.path.basename(os.path.normpath(workdir))}')
   if 'dpsgd_graph' in results:

@@ -89,3 +89,31 @@ def test_grid_points(config):
   cfg = compare.apply_point(config, 'hadfl', {'lr': 0.1, 'h': 7}, None)
   assert cfg.hadfl.t_local == pytest.approx(7 * config.profile.seconds_per_step)
   assert cfg.optimizer.learning_rate == 0.1
+
+
+def test_cached_only_collects_finished_runs(config, tmp_path):
+  config.compare.algorithms = ('dfedavg', 'fedavg')
+  config.compare.learning_rates = (0.05, 0.1)
+  compare.compare(config, str(tmp_path / 'a'), log=lambda _: None)  # Nothing cached yet:
+  config.compare.cached_only = True
+  config.compare.algorithms = ('dfedavg', 'fedavg', 'dpsgd')
+  results = compare.compare(config, str(tmp_path / 'a'), log=lambda _: None)
+  assert set(results['algorithms']) == {'dfedavg', 'fedavg'}  # dpsgd never ran.
+  empty = compare.compare(config, str(tmp_path / 'b'), log=lambda _: None)
+  assert empty['algorithms'] == {}
+
+
+def test_ablation_over_seeds(tmp_path):
+  rows = lambda t1, t2: [
+      {'field': 'hadfl.rho', 'value': 0.5, 'time_to_target_s': t1,
+       'final_consensus_accuracy': 0.9, 'sim_time_s': 10.0},
+      {'field': 'hadfl.rho', 'value': 1.0, 'time_to_target_s': t2,
+       'final_consensus_accuracy': 0.8, 'sim_time_s': 10.0}]
+  paths = []
+  for i, r in enumerate([rows(2.0, None), rows(4.0, 6.0)]):
+    paths.append(str(tmp_path / f'{i}.json'))
+    with open(paths[-1], 'w') as f:
+      json.dump(r, f)
+  table = compare.ablation_over_seeds(paths)
+  assert '| hadfl.rho | 0.5 | 3.00 | 2.00, 4.00 | 0.9000 |' in table
+  assert '| hadfl.rho | 1.0 | >= 8.00 | not reached, 6.00 | 0.8000 |' in table
