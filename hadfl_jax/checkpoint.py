@@ -24,10 +24,12 @@ computes.
 
 Example::
 
-  checkpoints = open_workdir(config, workdir)        # ResumeError if it does not fit
-  restored = checkpoints.restore(state) if checkpoints else None
+  checkpoints = open_workdir(config, workdir)   # ResumeError if it does not fit
+  if checkpoints is not None and checkpoints.latest_step is not None:
+    state, progress = checkpoints.restore(state)  # ``state``: the fresh, placed one
   ...
   checkpoints.save(cycles_done, state, progress)
+  checkpoints.close()                            # waits for a save in flight
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ MAX_TO_KEEP = 2
 # Config fields (a field or a whole section) that may differ when a run is resumed.
 # ``num_cycles`` and ``max_sim_time`` extend (or shorten) a run; ``checkpoint_every``
 # only says when to save; ``engine`` is how the simulation is executed (number of
-# accelerators, buckets); data directories are where the same data lives on this machine.
+# accelerators, buckets: a change may move results in the last bits, not their meaning);
+# data directories are where the same data lives on this machine.
 RESUMABLE_FIELDS = ('num_cycles', 'max_sim_time', 'checkpoint_every', 'engine',
                     'dataset.data_dir', 'dataset.idx_dir')
 
