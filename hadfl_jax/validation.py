@@ -8,7 +8,9 @@ devices, enough shards for the classes) are checked by :func:`validate_against_d
 once the training labels are loaded, before partitioning.
 
 Every field of ``configs/default.py`` is checked here (``tests/validation_test.py``
-mutates each one); a config without one of them fails with "missing".
+mutates each one); a config without one of them fails with "missing", except the
+optional blocks (``baselines``, ``compare``, ``engine``: defaults apply) and the fields
+of ``compare``, each checked when present.
 """
 
 from __future__ import annotations
@@ -224,32 +226,44 @@ _EXTRA_STEPS = re.compile(r'^\s*([\w/]+)\s*=\s*\d+(\s*,\s*\d+)*\s*,?\s*$')
 
 
 def _validate_compare(config, algorithms: Sequence[str]) -> None:
-  names = _get(config, 'compare.algorithms')
-  if (not isinstance(names, (tuple, list)) or not names or len(set(names)) != len(names)
-      or not all(isinstance(a, str) and a in algorithms for a in names)):
-    _fail('compare.algorithms', names,
-          f'must be a tuple of distinct names from {tuple(algorithms)}')
-  _sequence(config, 'compare.learning_rates', low=0, low_open=True)
-  _sequence(config, 'compare.local_steps', integer=True, low=1)
-  extra = _get(config, 'compare.extra_local_steps')
-  if not isinstance(extra, str):
-    _fail('compare.extra_local_steps', extra, "must be a string such as 'dfedavg=20,10;dpsgd=5'")
-  for part in filter(None, (p.strip() for p in extra.split(';'))):
-    match = _EXTRA_STEPS.match(part)
-    if not match or match.group(1) not in algorithms or not all(
-        int(v) >= 1 for v in part.split('=')[1].split(',') if v.strip()):
-      _fail('compare.extra_local_steps', extra, f"must look like 'dfedavg=20,10;dpsgd=5': "
-            f'algorithm names from {tuple(algorithms)}, steps >= 1; bad part {part!r}')
-  _number(config, 'compare.eval_interval_s', low=0)
-  _number(config, 'compare.eval_growth', low=0)
-  winners = _get(config, 'compare.winners_from')
-  if winners is not None and (not isinstance(winners, str) or (
-      winners and not os.path.isfile(os.path.expanduser(winners)))):
-    _fail('compare.winners_from', winners, 'must be None or the path of an existing '
-          'results.json')
-  _sequence(config, 'compare.sweep_ratios', low=1)
-  _bool(config, 'compare.sweep')
-  _bool(config, 'compare.ablation')
+  """The comparison's fields, each checked when present: ``hadfl_jax.compare`` grows new
+  ones often, and a run must not fail on one that a config predates."""
+  present = set(config.compare.keys())
+  if 'algorithms' in present:
+    names = config.compare.algorithms
+    if (not isinstance(names, (tuple, list)) or not names or len(set(names)) != len(names)
+        or not all(isinstance(a, str) and a in algorithms for a in names)):
+      _fail('compare.algorithms', names,
+            f'must be a tuple of distinct names from {tuple(algorithms)}')
+  if 'learning_rates' in present:
+    _sequence(config, 'compare.learning_rates', low=0, low_open=True)
+  if 'local_steps' in present:
+    _sequence(config, 'compare.local_steps', integer=True, low=1)
+  if 'extra_local_steps' in present:
+    extra = config.compare.extra_local_steps
+    if not isinstance(extra, str):
+      _fail('compare.extra_local_steps', extra,
+            "must be a string such as 'dfedavg=20,10;dpsgd=5'")
+    for part in filter(None, (p.strip() for p in extra.split(';'))):
+      match = _EXTRA_STEPS.match(part)
+      if not match or match.group(1) not in algorithms or not all(
+          int(v) >= 1 for v in part.split('=')[1].split(',') if v.strip()):
+        _fail('compare.extra_local_steps', extra, "must look like 'dfedavg=20,10;dpsgd=5': "
+              f'algorithm names from {tuple(algorithms)}, steps >= 1; bad part {part!r}')
+  for name in ('eval_interval_s', 'eval_growth'):
+    if name in present:
+      _number(config, f'compare.{name}', low=0)
+  if 'winners_from' in present:
+    winners = config.compare.winners_from
+    if winners is not None and (not isinstance(winners, str) or (
+        winners and not os.path.isfile(os.path.expanduser(winners)))):
+      _fail('compare.winners_from', winners, 'must be None or the path of an existing '
+            'results.json')
+  if 'sweep_ratios' in present:
+    _sequence(config, 'compare.sweep_ratios', low=1)
+  for name in ('sweep', 'ablation', 'cached_only'):
+    if name in present:
+      _bool(config, f'compare.{name}')
 
 
 def validate(config, *, algorithms: Sequence[str] = ('hadfl',)) -> None:
