@@ -2,7 +2,9 @@
 
 Every figure the benchmarks report is a ratio of timings taken in the same process,
 interleaved (A, B, C, A, B, C, ...) so that load from other processes on a shared machine
-hits every contender alike; each contender's time is the median of its repeats.
+hits every contender alike; each contender's time is the median of its repeats. Where it
+matters, the CPU time of this process is reported beside the wall time: on a machine
+whose cores other processes keep busy it measures the work done, not the waiting.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ NUM_CLASSES = 10
 PAPER_SPEEDS = (1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0)
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int,
-                        warmup: bool = True) -> dict[str, float]:
-  """Median wall seconds of each zero-argument function, run round-robin.
+def interleaved_timings(fns: Mapping[str, Callable[[], Any]], repeats: int,
+                        warmup: bool = True) -> dict[str, dict[str, float]]:
+  """Median wall and CPU seconds of each zero-argument function, run round-robin.
+
+  CPU seconds (``time.process_time``: every thread of this process) count the work this
+  process did; on a machine shared with other busy processes they vary much less than
+  wall seconds, which also count the time the scheduler gave to others.
 
   Args:
     fns: name -> function doing the whole timed work and blocking on its result.
@@ -44,18 +50,28 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int,
     warmup: run each function once, untimed, first (compilation).
 
   Returns:
-    name -> median seconds.
+    name -> ``{'wall': median seconds, 'cpu': median CPU seconds}``.
   """
   if warmup:
     for fn in fns.values():
       fn()
-  times: dict[str, list[float]] = {name: [] for name in fns}
+  wall: dict[str, list[float]] = {name: [] for name in fns}
+  cpu: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(ts) for name, ts in times.items()}
+      cpu[name].append(time.process_time() - start_cpu)
+      wall[name].append(time.perf_counter() - start)
+  return {name: dict(wall=statistics.median(wall[name]), cpu=statistics.median(cpu[name]))
+          for name in fns}
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int,
+                        warmup: bool = True) -> dict[str, float]:
+  """Median wall seconds of each function, run round-robin (see
+  :func:`interleaved_timings`)."""
+  return {name: t['wall'] for name, t in interleaved_timings(fns, repeats, warmup).items()}
 
 
 def peak_rss_bytes() -> int:

@@ -22,7 +22,10 @@ by side in one process on the same random MNIST-shaped data, same model, same op
   smaller.
 
 Each timing covers H steps of all N devices (H chosen so that one engine run takes about
-``target_s``); the reported figure is the median of interleaved repeats.
+``target_s``); the reported figure is the median of interleaved repeats. Ratios are given
+by wall time (what a user waits) and by this process's CPU time (the work done, which
+the load of other processes on a shared machine disturbs much less; a multi-threaded
+contender's CPU time adds up its threads).
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def _naive(step, devices, data):
       out.append(p)
     return jax.block_until_ready(out)
 
+  # Compiling needs one device's step, not the whole loop.
+  run.warm = lambda: jax.block_until_ready(step(params[0], opts[0], *per_device[0][:1], 0,
+                                                *per_device[0][1:]))
   return run
 
 
@@ -143,16 +149,22 @@ def measure(model_name: str, num_devices: int, target_s: float, repeats: int,
   if with_limit:
     runs['limit'] = _limit(model, optimizer, params, data, num_devices)
   for run in runs.values():  # Compile (the engine's loop length is traced: no recompile).
-    run(1)
+    getattr(run, 'warm', lambda r=run: r(1))()
   per_step = common.interleaved_medians({'engine': lambda: runs['engine'](1)}, 1,
                                         warmup=False)['engine']
   h = int(np.clip(round(target_s / per_step), 1, 50))
-  seconds = common.interleaved_medians({k: (lambda r=r: r(h)) for k, r in runs.items()},
+  timings = common.interleaved_timings({k: (lambda r=r: r(h)) for k, r in runs.items()},
                                        repeats, warmup=False)
+  seconds = {k: t['wall'] for k, t in timings.items()}
+  cpu = {k: t['cpu'] for k, t in timings.items()}
   examples = num_devices * h * BATCH
   row = dict(model=model_name, params=common.num_params(params), num_devices=num_devices,
              steps=h, batch=BATCH, repeats=repeats, max_width=schedule.max_width,
-             seconds=seconds, examples_per_s={k: examples / s for k, s in seconds.items()})
+             seconds=seconds, cpu_seconds=cpu,
+             examples_per_s={k: examples / s for k, s in seconds.items()},
+             examples_per_cpu_s={k: examples / s for k, s in cpu.items()})
+  row['cpu_engine_vs_naive'] = cpu['naive'] / cpu['engine']
+  row['cpu_engine_vs_limit'] = cpu['limit'] / cpu['engine'] if with_limit else None
   row['engine_vs_naive'] = seconds['naive'] / seconds['engine']
   row['engine_vs_limit'] = seconds['limit'] / seconds['engine'] if with_limit else None
   row['one_vmap_vs_naive'] = (seconds['naive'] / seconds['engine_one_vmap']
@@ -184,7 +196,7 @@ def conv_trap(num_devices: int, steps: int, repeats: int) -> dict[str, Any]:
     step = local.make_device_step(model.apply, optimizer, BATCH)
     run = (_engine(step, devices, data, default_schedule(model, p, optimizer))
            if loop == 'engine' else _naive(step, devices, data))
-    run(1)
+    getattr(run, 'warm', lambda r=run: r(1))()
     runs[f'{loop}/{name}'] = run
   seconds = common.interleaved_medians({k: (lambda r=r: r(steps)) for k, r in runs.items()},
                                        repeats, warmup=False)
@@ -203,7 +215,7 @@ def run(quick: bool) -> dict[str, Any]:
             # 16,384 examples per step: the one-big-batch limit and the single vmap need
             # ~13 GB of activations, more than this shared machine can spare.
             ('cnn', 512, False, False)]
-    target, repeats = 1.0, 3
+    target, repeats = 0.5, 3
   rows = []
   for model_name, n, with_limit, with_single in plan:
     big = model_name == 'cnn' and n >= 512
@@ -227,6 +239,7 @@ def markdown(result: dict[str, Any]) -> str:
   head += ['engine, one vmap of N', 'naive loop', 'one big batch', 'engine / naive',
            'engine / limit']
   head += ['2 devices / naive', '2 devices / limit'] if two else []
+  head += ['CPU time: engine / naive', 'CPU time: engine / limit']
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
   na = 'n/a (memory)'
   fmt = lambda eps, k: format(eps[k], ',.0f') if k in eps else na
@@ -241,6 +254,7 @@ def markdown(result: dict[str, Any]) -> str:
               ratio(r['engine_vs_naive']), ratio(r['engine_vs_limit'])]
     if two:
       cells += [ratio(r.get('engine_2dev_vs_naive')), ratio(r.get('engine_2dev_vs_limit'))]
+    cells += [ratio(r.get('cpu_engine_vs_naive')), ratio(r.get('cpu_engine_vs_limit'))]
     lines.append('| ' + ' | '.join(cells) + ' |')
   trap = result.get('conv_trap')
   if trap:

@@ -120,10 +120,13 @@ def _try_reset_peak() -> bool:
 def run(quick: bool) -> dict[str, Any]:
   n, cycles = (1000, 2) if quick else (10_000, 2)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # One JAX device, as a plain run on a CPU (benchmarks.run starts two host devices).
+  flags = ' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
+                   if 'host_platform_device_count' not in f)
   proc = subprocess.run(
       [sys.executable, '-m', 'benchmarks.scale', '--devices', str(n), '--cycles', str(cycles)],
       cwd=repo, capture_output=True, text=True, check=False,
-      env=dict(os.environ, PYTHONPATH=repo))
+      env=dict(os.environ, PYTHONPATH=repo, XLA_FLAGS=flags))
   if proc.returncode:
     raise RuntimeError(f'scale run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}')
   return json.loads(proc.stdout.strip().splitlines()[-1])

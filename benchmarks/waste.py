@@ -119,8 +119,8 @@ def run(quick: bool) -> dict[str, Any]:
   if quick:
     timings.append(time_buckets('small_mlp', SCENARIOS[1], (1, 4), 1.0, 1, 1, per_device=16))
   else:
-    timings.append(time_buckets('cnn', SCENARIOS[0], (1, 4, 8), 0.25, 2, 3))
-    timings.append(time_buckets('mlp', SCENARIOS[2], (1, 8, 16), 1.0, 2, 3))
+    timings.append(time_buckets('cnn', SCENARIOS[0], (1, 4, 8), 0.25, 1, 3))
+    timings.append(time_buckets('mlp', SCENARIOS[2], (1, 8, 16), 1.0, 1, 3))
   return dict(waste=table, timings=timings)
 
 
