@@ -216,10 +216,12 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
 
 
 def _run_key(config) -> dict:
-  """What determines a run: the config without the comparison's grids, plus the
-  evaluation schedule it implies."""
+  """What determines a run: the config without the comparison's grids and without
+  ``engine`` (how the simulation is scheduled, which by its contract never changes what it
+  computes beyond float rounding), plus the evaluation schedule it implies."""
   d = config.to_dict()
   d.pop('compare', None)
+  d.pop('engine', None)
   d['eval_schedule'] = {'interval_s': eval_interval(config, None),
                         'growth': float(config.compare.get('eval_growth', 0.1))}
   return d
