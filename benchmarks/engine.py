@@ -215,7 +215,9 @@ def run(quick: bool) -> dict[str, Any]:
     plan = [('small_mlp', 8, True, True), ('small_mlp', 64, True, True)]
     target, repeats = 0.1, 1
   else:
-    plan = [('mlp', 8, True, True), ('mlp', 64, True, True), ('mlp', 512, True, True),
+    plan = [('small_mlp', 8, True, True), ('small_mlp', 64, True, True),
+            ('small_mlp', 512, True, True),
+            ('mlp', 8, True, True), ('mlp', 64, True, True), ('mlp', 512, True, True),
             ('cnn', 8, True, True), ('cnn', 64, True, True),
             # 16,384 examples per step: the one-big-batch limit and the single vmap need
             # ~13 GB of activations, more than this shared machine can spare.
