@@ -115,7 +115,11 @@ def get_config() -> ml_collections.ConfigDict:
   # The run.
   config.num_cycles = 60
   config.max_sim_time = 0.0  # simulated seconds; 0 means no limit
-  config.eval_every = 5
+  config.eval_every = 5  # cycles between evaluations (when eval_interval_s is 0)
+  # Evaluate on a schedule in simulated seconds instead (0 disables): after a cycle that
+  # passes the next point, the next is max(t + eval_interval_s, t * (1 + eval_growth)).
+  config.eval_interval_s = 0.0
+  config.eval_growth = 0.0
   config.eval_batch_size = 1000
   config.device_eval_examples = 1000  # test examples for per-device accuracy
   config.target_accuracy = 0.9

@@ -49,28 +49,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
+import shutil
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
 from hadfl_jax import algorithms
 from hadfl_jax import evaluation
-from hadfl_jax import optim
 from hadfl_jax import train
 from hadfl_jax import validation
 from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import profiles
 
 HAS_LOCAL_STEPS = ('hadfl', 'dfedavg', 'fedavg', 'dpsgd')
+RUN_KEY_FILE = 'run_key.json'
 
 
 def _write_json(path: str, obj) -> None:
@@ -152,67 +151,27 @@ def point_tag(point: dict) -> str:
 def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
   """Runs one algorithm with one config on a shared setup; returns its record.
 
-  The loop is :func:`hadfl_jax.train.train_and_evaluate`'s, with the evaluation
-  schedule in simulated seconds described in the module docstring.
+  The run is :func:`hadfl_jax.train.train_and_evaluate`'s, on the shared data and
+  evaluator, with the evaluation schedule in simulated seconds described in the module
+  docstring. A finished run of the same config in ``workdir`` is reused.
   """
-  os.makedirs(workdir, exist_ok=True)
   validation.validate(config, algorithms=algorithms.ALGORITHMS)
   cached = _load_run(config, workdir)
   if cached is not None:
     return cached
-  _write_json(os.path.join(workdir, 'config.json'), _run_key(config))
-  problem = dataclasses.replace(setup.problem,
-                                optimizer=optim.make_optimizer(config.optimizer))
-  algorithm = algorithms.make_algorithm(config, problem)
-  state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
-  cycle_fn = jax.jit(algorithm.cycle, donate_argnums=0)
-  ledger = train.Ledger(problem.num_devices)
-  cmp = config.compare
-  interval = eval_interval(config, problem)
-  growth = float(cmp.get('eval_growth', 0.1))
-  next_eval = interval
-  history, tta = [], None
+  if os.path.isdir(workdir):  # A stale or unfinished run of another config: start over.
+    shutil.rmtree(workdir)
+  run_config = copy.deepcopy(config)
+  run_config.eval_interval_s = eval_interval(config, None)
+  run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
   wall = time.perf_counter()
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
-    for cycle in range(config.num_cycles):
-      state, info = cycle_fn(state, setup.device_data)
-      info = jax.device_get(info)
-      train.check_finite(info, cycle)
-      ledger.add(info)
-      last = cycle + 1 == config.num_cycles
-      out_of_time = 0 < config.max_sim_time <= ledger.sim_time
-      if ledger.sim_time < next_eval and not (last or out_of_time):
-        continue
-      next_eval = max(ledger.sim_time + interval, ledger.sim_time * (1.0 + growth))
-      row = {'cycle': cycle + 1, **ledger.totals(),
-             **train.evaluate(evaluator, algorithm, state)}
-      if not np.isfinite(row['loss']):
-        raise train.DivergenceError(f'cycle {cycle + 1}: consensus test loss is not finite')
-      history.append(row)
-      f.write(json.dumps(row) + '\n')
-      f.flush()
-      if tta is None and row['consensus_accuracy'] >= config.target_accuracy:
-        tta = row['sim_time_s']
-        if config.stop_at_target:
-          break
-      if out_of_time:
-        break
-  final = history[-1]
-  record = {
-      'algorithm': config.algorithm,
-      'time_to_target_s': tta,
-      'final_consensus_accuracy': final['consensus_accuracy'],
-      'best_consensus_accuracy': max(r['consensus_accuracy'] for r in history),
-      'final_mean_device_accuracy': final['mean_device_accuracy'],
-      'sim_time_s': final['sim_time_s'],
-      'cycles': final['cycle'],
-      'busiest_link_bytes': final['busiest_link_bytes'],
-      'bytes_sent': final['bytes_sent'],
-      'local_steps': final['local_steps'],
-      'wall_time_s': time.perf_counter() - wall,
-  }
-  _write_json(os.path.join(workdir, 'summary.json'), record)
-  return {**record, 'history': history}
+  train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator)
+  with open(os.path.join(workdir, 'timing.json')) as f:
+    timing = json.load(f)
+  timing['wall_time_s'] = time.perf_counter() - wall
+  _write_json(os.path.join(workdir, 'timing.json'), timing)
+  _write_json(os.path.join(workdir, RUN_KEY_FILE), _run_key(config))
+  return _load_run(config, workdir)
 
 
 def _run_key(config) -> dict:
@@ -222,6 +181,8 @@ def _run_key(config) -> dict:
   d = config.to_dict()
   d.pop('compare', None)
   d.pop('engine', None)
+  d.pop('eval_interval_s', None)  # Set from compare.*, recorded as eval_schedule.
+  d.pop('eval_growth', None)
   d['eval_schedule'] = {'interval_s': eval_interval(config, None),
                         'growth': float(config.compare.get('eval_growth', 0.1))}
   return d
@@ -229,8 +190,12 @@ def _run_key(config) -> dict:
 
 def _load_run(config, workdir: str) -> dict | None:
   """A finished run of exactly this config in ``workdir`` (so grids can be extended and
-  interrupted comparisons resumed without recomputing), else None."""
-  paths = [os.path.join(workdir, f) for f in ('config.json', 'summary.json', 'metrics.jsonl')]
+  interrupted comparisons resumed without recomputing), else None.
+
+  ``run_key.json`` is written last, once the run's files are complete.
+  """
+  names = (RUN_KEY_FILE, 'summary.json', 'metrics.jsonl', 'timing.json')
+  paths = [os.path.join(workdir, f) for f in names]
   if not all(os.path.exists(p) for p in paths):
     return None
   with open(paths[0]) as f:
@@ -240,7 +205,9 @@ def _load_run(config, workdir: str) -> dict | None:
     record = json.load(f)
   with open(paths[2]) as f:
     history = [json.loads(line) for line in f if line.strip()]
-  return {**record, 'history': history}
+  with open(paths[3]) as f:
+    wall = json.load(f).get('wall_time_s', float('nan'))
+  return {**record, 'wall_time_s': wall, 'history': history}
 
 
 def rank_key(record: dict):

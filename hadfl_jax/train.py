@@ -281,12 +281,47 @@ def format_summary(summary: dict, wall_time_s: float | None = None) -> str:
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+class EvalSchedule:
+  """When to evaluate: every ``eval_every`` cycles, or on a simulated-time schedule.
+
+  With ``config.eval_interval_s > 0`` the consensus model is evaluated after the first
+  cycle that passes the next evaluation point, and the next point is
+  ``max(t + eval_interval_s, t * (1 + eval_growth))``: algorithms with different cycle
+  lengths are then evaluated at comparable simulated times (what a fair time-to-accuracy
+  comparison needs, see :mod:`hadfl_jax.compare`). The last cycle, and a cycle that
+  runs out of simulated time, are always evaluated. The schedule depends only on the
+  evaluations so far, so a resumed run continues it exactly.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, history: list[dict]):
+    self._every = config.eval_every
+    self._interval = float(config.get('eval_interval_s', 0.0))
+    self._growth = float(config.get('eval_growth', 0.0))
+    self._next = self._interval
+    if history:
+      self.evaluated(history[-1]['sim_time_s'])
+
+  def due(self, cycles_done: int, sim_time: float) -> bool:
+    if self._interval > 0:
+      return sim_time >= self._next
+    return cycles_done % self._every == 0
+
+  def evaluated(self, sim_time: float) -> None:
+    self._next = max(sim_time + self._interval, sim_time * (1.0 + self._growth))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       setup: Setup | None = None,
+                       evaluator: evaluation.Evaluator | None = None) -> dict:
   """Runs one algorithm on one scenario and writes its metrics into ``workdir``.
 
   Args:
     config: the run config (see ``configs/default.py``); validated before any work.
     workdir: output directory, created if needed.
+    setup: the data, model and profile, when a caller shares them between runs (the
+      comparison does); built from ``config`` otherwise. Its optimizer is rebuilt from
+      ``config.optimizer`` either way.
+    evaluator: a shared evaluator on ``setup.test``; built otherwise.
 
   With ``config.checkpoint_every > 0`` the whole simulation state is saved every that
   many cycles and at the end (:mod:`hadfl_jax.checkpoint`); called again with the same
@@ -309,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sharding.initialize_distributed(config.get('engine', {}))
   checkpoints = checkpoint.open_workdir(config, workdir)
   try:
-    return _run(config, workdir, checkpoints)
+    return _run(config, workdir, checkpoints, setup, evaluator)
   finally:
     if checkpoints is not None:
       checkpoints.close()  # Completes a save in flight: the last good state.
@@ -323,7 +358,9 @@ def _stopped_early(config: ml_collections.ConfigDict, ledger: Ledger,
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str,
-         checkpoints: checkpoint.Checkpointer | None) -> dict:
+         checkpoints: checkpoint.Checkpointer | None,
+         setup: Setup | None = None,
+         evaluator: evaluation.Evaluator | None = None) -> dict:
   """The body of :func:`train_and_evaluate`, once the workdir is known to fit."""
   wall_start = time.perf_counter()
   os.makedirs(workdir, exist_ok=True)
@@ -332,12 +369,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   if os.path.exists(summary_path):
     os.remove(summary_path)  # Written again when this run ends.
 
-  setup = build_setup(config)
+  if setup is None:
+    setup = build_setup(config)
+  else:
+    setup = dataclasses.replace(setup, problem=dataclasses.replace(
+        setup.problem, optimizer=optim.make_optimizer(config.optimizer)))
   _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
   algorithm = algorithms.make_algorithm(config, setup.problem)
-  evaluator = evaluation.Evaluator(
-      setup.problem.model.apply, setup.test, config.eval_batch_size, config.device_eval_examples
-  )
+  if evaluator is None:
+    evaluator = evaluation.Evaluator(
+        setup.problem.model.apply, setup.test, config.eval_batch_size,
+        config.device_eval_examples)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   # The device axis sharded over the accelerators (a no-op mesh of one on a laptop).
   mesh = sharding.make_mesh(sharding.mesh_size(config.engine) if 'engine' in config else 1)
@@ -382,6 +424,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     return DivergenceError(f'{error}; {kept}')
 
   stop = _stopped_early(config, ledger, time_to_target)
+  schedule = EvalSchedule(config, history)
   with open(metrics_path, 'a') as metrics_file:
     for cycle in range(ledger.cycles, config.num_cycles):
       if stop:
@@ -396,7 +439,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       last = cycle + 1 == config.num_cycles
       out_of_time = 0 < config.max_sim_time <= ledger.sim_time
       stop = out_of_time
-      if not (cycle + 1) % config.eval_every or last or out_of_time:
+      if schedule.due(cycle + 1, ledger.sim_time) or last or out_of_time:
+        schedule.evaluated(ledger.sim_time)
         row = {'cycle': cycle + 1, **ledger.totals(), **evaluate(evaluator, algorithm, state),
                'train_loss': float(np.mean(info.train_loss_N[info.budgets_N > 0]))
                if np.any(info.budgets_N > 0) else float('nan')}

@@ -325,6 +325,8 @@ def validate(config, *, algorithms: Sequence[str] = ('hadfl',)) -> None:
   _number(config, 'num_cycles', low=1, integer=True)
   _number(config, 'max_sim_time', low=0)
   _number(config, 'eval_every', low=1, integer=True)
+  _number(config, 'eval_interval_s', low=0)
+  _number(config, 'eval_growth', low=0)
   _number(config, 'eval_batch_size', low=1, integer=True)
   _number(config, 'device_eval_examples', low=1, integer=True)
   _number(config, 'target_accuracy', low=0, high=1, low_open=True)

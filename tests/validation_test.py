@@ -171,6 +171,8 @@ INVALID = {
     'num_cycles': _numbers(low=1, integer=True),
     'max_sim_time': _numbers(low=0),
     'eval_every': _numbers(low=1, integer=True),
+    'eval_interval_s': _numbers(low=0),
+    'eval_growth': _numbers(low=0),
     'eval_batch_size': _numbers(low=1, integer=True),
     'device_eval_examples': _numbers(low=1, integer=True),
     'target_accuracy': _numbers(low=0, high=1, low_open=True),
