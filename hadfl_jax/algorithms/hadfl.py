@@ -73,7 +73,7 @@ class HadflOptions:
 
   rho: float = 0.5
   selection: str = 'version'
-  weights: str = 'version'
+  weights: str = 'data'  # The spec's default; configs/default.py picks 'version'.
   opt_state: str = 'average'
   t_local: float = 0.5
   h_cap: int = 1000
