@@ -59,6 +59,7 @@ def scenario_config(name: str, num_buckets: int, bucket_mib: float | None = None
     raise ValueError(name)
   config.engine.num_buckets = num_buckets
   config.engine.bucket_mib = bucket_mib
+  config.engine.mesh_shards = 1  # One JAX device, as a plain run on a CPU.
   return config
 
 

@@ -61,16 +61,25 @@ class DeviceState:
 def init_devices(
     key: chex.PRNGKey, init_params: PyTree, optimizer: optax.GradientTransformation, num_devices: int
 ) -> DeviceState:
-  """All devices start from the same parameters (a common initialisation), fresh optimizers."""
-  params_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_devices,) + x.shape), init_params)
-  params_N = jax.tree.map(jnp.array, params_N)
-  return DeviceState(
-      params=params_N,
-      opt_state=jax.vmap(optimizer.init)(params_N),
-      key=jax.random.split(key, num_devices),
-      steps=jnp.zeros((num_devices,), jnp.int32),
-      version=jnp.zeros((num_devices,), jnp.float32),
-  )
+  """All devices start from the same parameters (a common initialisation), fresh optimizers.
+
+  Built in one jitted call, so the stacked state is materialised once (no transient
+  copies: 10,000 devices of a 55k-parameter model are 2 GiB).
+  """
+
+  @jax.jit
+  def build(key, init_params):
+    params_N = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_devices,) + x.shape),
+                            init_params)
+    return DeviceState(
+        params=params_N,
+        opt_state=jax.vmap(optimizer.init)(params_N),
+        key=jax.random.split(key, num_devices),
+        steps=jnp.zeros((num_devices,), jnp.int32),
+        version=jnp.zeros((num_devices,), jnp.float32),
+    )
+
+  return build(key, init_params)
 
 
 def cross_entropy_loss(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
