@@ -75,7 +75,11 @@ def interleaved_medians(fns: Mapping[str, Callable[[], Any]], repeats: int,
 
 
 def peak_rss_bytes() -> int:
-  """Peak resident memory of this process so far (Linux reports KiB)."""
+  """Peak resident memory so far by ``getrusage`` (Linux reports KiB).
+
+  On Linux a process started by fork and exec inherits its parent's peak here; prefer
+  ``proc_status_bytes('VmHWM')``.
+  """
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

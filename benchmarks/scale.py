@@ -82,8 +82,10 @@ def child(num_devices: int, num_cycles: int) -> dict[str, Any]:
                           alias_bytes=ma.alias_size_in_bytes)
     del compiled
   seconds, useful, computed, rss_cycle, peak_cycle = [], 0, 0, None, None
+  peak_before, reset_ok = 0, False
   for c in range(num_cycles):
     if c == 1:  # Measure the peak of the cycles after the first (which compiles).
+      peak_before = common.proc_status_bytes('VmHWM')
       reset_ok = _try_reset_peak()
       rss_cycle = common.proc_status_bytes('VmRSS')
     start = time.perf_counter()
@@ -101,7 +103,10 @@ def child(num_devices: int, num_cycles: int) -> dict[str, Any]:
       state_bytes=state_bytes, data_bytes=common.tree_bytes(setup.device_data),
       compiled=analyses, rss_after_setup_bytes=rss_setup, rss_with_state_bytes=rss_state,
       rss_before_cycle_bytes=rss_cycle, peak_rss_in_cycle_bytes=peak_cycle,
-      peak_rss_bytes=common.peak_rss_bytes(), cycle_seconds=seconds,
+      # VmHWM, not getrusage's ru_maxrss, which a child inherits from its parent's fork.
+      peak_rss_bytes=max(peak_before if num_cycles > 1 else 0, peak_cycle or 0,
+                         common.proc_status_bytes('VmHWM')),
+      cycle_seconds=seconds,
       useful_device_steps=useful, computed_device_steps=computed,
       useful_examples_per_s_after_first=(
           useful / num_cycles * config.batch_size / np.median(seconds[1:])
