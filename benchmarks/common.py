@@ -26,6 +26,7 @@ from hadfl_jax import data as data_lib
 from hadfl_jax import models as models_lib
 from hadfl_jax.algorithms import base
 from hadfl_jax.algorithms import hadfl
+from hadfl_jax.core import faults
 from hadfl_jax.core import local
 from hadfl_jax.core import mixing
 from hadfl_jax.core import profiles
@@ -132,14 +133,14 @@ class Scenario:
     name: label in the tables.
     num_devices: N.
     profile: ``config.profile``-like fields (kind, speeds, sigma, ...).
-    options: HADFL's options (t_local, rho, p_drop, ...).
+    options: HADFL's options (``hadfl.Config`` fields: t_local, rho, ...) and ``p_drop``.
     model_params: parameters of the model (sets M, hence t_sync).
   """
 
   name: str
   num_devices: int
   profile: Mapping[str, Any]
-  options: hadfl.HadflOptions
+  options: Mapping[str, Any]
   model_params: int
 
 
@@ -168,8 +169,10 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
       model=models_lib.get_model('digits_mlp', NUM_CLASSES), optimizer=optax.sgd(0.1),
       init_params={'w': np.zeros((scenario.model_params,), np.float32)},
       profile=make_profile(scenario, seed),
-      num_examples_N=np.full((n,), 100, np.int64), batch_size=32)
-  algo = hadfl.Hadfl(problem, scenario.options)
+      num_examples_N=np.full((n,), 100, np.int64), batch_size=32,
+      faults=faults.FaultsConfig(p_drop=scenario.options.get('p_drop', 0.0)))
+  config = hadfl.Config(weights='data', **{k: v for k, v in scenario.options.items()
+                                           if k != 'p_drop'})
   device_key, coord_key = jax.random.split(jax.random.PRNGKey(seed))
   state = hadfl.HadflState(
       devices=local.DeviceState(
@@ -180,7 +183,7 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
 
   @jax.jit
   def step(state):
-    plan = algo.plan(state)
+    plan = hadfl.plan(problem, config, state)
     version_N = state.devices.version + plan['budgets_N'].astype(jnp.float32)
     group = mixing.GroupMixing(
         idx_K=plan['idx_K'], valid_K=plan['survive_K'],

@@ -73,7 +73,7 @@ def prepare(name: str, num_buckets: int, bucket_mib: float | None,
   _listen()
   config = scenario_config(name, num_buckets, bucket_mib)
   setup = setup or train.build_setup(config)
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  algorithm = train.build_algorithm(config, setup.problem)
   traces = []
 
   def cycle(state, data):

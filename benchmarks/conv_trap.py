@@ -1,8 +1,8 @@
 r"""The CPU conv trap: how fast the paper-like CNN trains N devices in one vmapped loop.
 
 HADFL's engine trains every device at once: one ``jax.vmap`` over the stacked device axis
-inside one ``lax.fori_loop`` whose trip count is traced (``HADFL.md``, "One HADFL cycle",
-step 3). On CPU the standard convolution is very slow there (``HADFL.md``, "A known
+inside one ``lax.fori_loop`` whose trip count is traced (``docs/spec.md``, "One HADFL cycle",
+step 3). On CPU the standard convolution is very slow there (``docs/spec.md``, "A known
 trap"; jax-ml/jax#12868). This script measures, for the ``cnn`` model (421,642
 parameters) on MNIST-shaped random data, batch 32, plain SGD:
 

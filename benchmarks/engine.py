@@ -182,7 +182,7 @@ def measure(model_name: str, num_devices: int, target_s: float, repeats: int,
 
 
 def conv_trap(num_devices: int, steps: int, repeats: int) -> dict[str, Any]:
-  """The CPU conv trap (``HADFL.md``), side by side: the paper-like CNN in the engine with
+  """The CPU conv trap (``docs/spec.md``), side by side: the paper-like CNN in the engine with
   the registry's convolution (patches + one matmul) and with ``lax.conv_general_dilated``
   (what ``nn.Conv`` runs), and in the naive loop with both that and stock ``nn.Conv`` +
   ``nn.max_pool`` (``benchmarks/conv_trap.py``'s ``VariantCNN``)."""

@@ -25,7 +25,7 @@ MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--num_devices', type=int, nargs='+', default=[8, 100, 1000, 10000])
-  parser.add_argument('--kinds', nargs='+', default=list(data.PARTITION_KINDS))
+  parser.add_argument('--kinds', nargs='+', default=list(data.PARTITIONS.names()))
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--alpha', type=float, default=0.5)
   args = parser.parse_args()

@@ -58,10 +58,12 @@ def child(num_devices: int, num_cycles: int) -> dict[str, Any]:
   from hadfl_jax import algorithms  # pylint: disable=g-import-not-at-top
   from hadfl_jax import sharding  # pylint: disable=g-import-not-at-top
   from hadfl_jax import train  # pylint: disable=g-import-not-at-top
+  from hadfl_jax import validation  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.core import engine as engine_lib  # pylint: disable=g-import-not-at-top
   config = scale_config(num_devices)
   setup = train.build_setup(config)
   rss_setup = common.proc_status_bytes('VmRSS')
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  algorithm = train.build_algorithm(config, setup.problem)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   mesh = sharding.make_mesh(sharding.mesh_size(config.engine))
   cycle_fn, state, data = sharding.shard_cycle(algorithm.cycle, state, setup.device_data,
@@ -70,9 +72,11 @@ def child(num_devices: int, num_cycles: int) -> dict[str, Any]:
   rss_state = common.proc_status_bytes('VmRSS')
   state_bytes = common.tree_bytes((state.devices.params, state.devices.opt_state))
   analyses = {}
-  single = type(algorithm)(setup.problem, dataclasses.replace(
-      algorithm.options, num_buckets=1, bucket_mib=0.0))
-  schedule = algorithm.schedule_for(setup.device_data)
+  engine = validation.engine_config(config)
+  single = algorithms.build(config.algorithm, setup.problem, algorithm.config,
+                            engine.replace(num_buckets=1, bucket_mib=0.0))
+  schedule = engine_lib.LocalTrainer(setup.problem, engine).schedule_for(
+      setup.device_data.images.shape[2:])
   for name, algo in (('engine', algorithm), ('single_loop', single)):
     compiled = jax.jit(algo.cycle, donate_argnums=0).lower(state, data).compile()
     ma = compiled.memory_analysis()

@@ -32,7 +32,9 @@ def _child(plans: list[tuple[str, int, float]], cycles: int) -> dict[str, Any]:
   import optax  # pylint: disable=g-import-not-at-top
   from hadfl_jax import sharding  # pylint: disable=g-import-not-at-top
   from hadfl_jax.algorithms import base  # pylint: disable=g-import-not-at-top
+  from hadfl_jax import algorithms  # pylint: disable=g-import-not-at-top
   from hadfl_jax.algorithms import hadfl  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.core import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   from hadfl_jax.core import profiles  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 2, jax.devices()
@@ -48,14 +50,16 @@ def _child(plans: list[tuple[str, int, float]], cycles: int) -> dict[str, Any]:
     data = common.random_device_data(n, 64)
     runs = {}
     for shards in (1, 2):
-      algo = hadfl.Hadfl(problem, hadfl.HadflOptions(
-          t_local=t_local, num_buckets=8, bucket_mib=local.CPU_BUCKET_MIB, num_shards=shards))
+      engine = engine_lib.EngineConfig(num_buckets=8, bucket_mib=local.CPU_BUCKET_MIB,
+                                       mesh_shards=shards)
+      config = hadfl.Config(t_local=t_local, weights='data')
+      algo = algorithms.build('hadfl', problem, config, engine)
+      trainer = engine_lib.LocalTrainer(problem, engine)
       state = algo.init(jax.random.PRNGKey(0))
       fn, state, placed = sharding.shard_cycle(algo.cycle, state, data,
                                                sharding.make_mesh(shards), n)
-      budgets_N = jax.jit(algo.plan)(state)['budgets_N']
-      train = jax.jit(lambda d, x, b, a=algo: local.masked_local_train(
-          a._device_step, d, x, b, a.schedule_for(x))[0])  # pylint: disable=protected-access
+      budgets_N = jax.jit(lambda s, c=config: hadfl.plan(problem, c, s))(state)['budgets_N']
+      train = jax.jit(lambda d, x, b, t=trainer: t(d, x, b)[0])
       box = dict(state=state)
 
       def cycle(fn=fn, box=box, placed=placed):

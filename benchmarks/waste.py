@@ -12,6 +12,11 @@ cycles and reports the wasted fraction of the computed device-steps under
   devices are sorted by their actual budgets and cut into buckets whose static widths
   :func:`hadfl_jax.core.local.fit_bucket_widths` fitted to the speed profile.
 
+FedAvg (K = round(C N) of N clients train H steps, the others none) is measured the same
+way: ``before``, the single masked loop it ran over all N devices before the engine's
+trainer was shared; ``after``, the engine's default schedule (8 budget-sorted buckets
+fitted to the speed profile), which it now uses like every algorithm.
+
 Then it times local training with real budgets of the paper-like (CNN; budgets scaled
 by 1/4 to save time) and many-devices (MLP) scenarios, single loop against bucket counts
 and the engine's default (8 buckets, cut into cache-sized sub-buckets), side by side.
@@ -27,22 +32,21 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from hadfl_jax.algorithms import hadfl
 from hadfl_jax.core import local
 
 SCENARIOS = (
     common.Scenario('paper-like (N=8, speeds 1..8, CNN)', 8,
                     dict(kind='list', speeds=common.PAPER_SPEEDS),
-                    hadfl.HadflOptions(t_local=0.5), 421_642),
+                    dict(t_local=0.5), 421_642),
     common.Scenario('quick (N=8, speeds 1..8, t_local 0.1)', 8,
                     dict(kind='list', speeds=common.PAPER_SPEEDS),
-                    hadfl.HadflOptions(t_local=0.1), 4_810),
+                    dict(t_local=0.1), 4_810),
     common.Scenario('many-devices (N=64, lognormal 0.8, 30% down)', 64,
                     dict(kind='lognormal', sigma=0.8),
-                    hadfl.HadflOptions(t_local=0.5, p_drop=0.3), 421_642),
+                    dict(t_local=0.5, p_drop=0.3), 421_642),
     common.Scenario('scale (N=10,000, lognormal 0.8, 30% down, rho 0.01)', 10_000,
                     dict(kind='lognormal', sigma=0.8),
-                    hadfl.HadflOptions(t_local=0.5, p_drop=0.3, rho=0.01), 55_050),
+                    dict(t_local=0.5, p_drop=0.3, rho=0.01), 55_050),
 )
 BUCKETS = (2, 4, 8, 16)
 
@@ -72,6 +76,39 @@ def waste_table(num_cycles: int) -> list[dict[str, Any]]:
       row[f'static_{g}'] = 1.0 - useful / static_groups_computed(speed_N, g, budgets_CxN)
       row[f'widths_{g}'] = list(widths)
     rows.append(row)
+  return rows
+
+
+FEDAVG = ((8, 0.5, 50, 'paper-like (N=8, C=0.5, H=50)'),
+          (64, 0.1, 50, 'many-devices (N=64, C=0.1, H=50)'),
+          (10_000, 0.01, 50, 'scale (N=10,000, C=0.01, H=50)'))
+
+
+def fedavg_waste_table(num_rounds: int, num_buckets: int = 8, seed: int = 0,
+                       p_drop: float = 0.3) -> list[dict[str, Any]]:
+  """Masked-work fraction of FedAvg's local training, single loop vs the engine's buckets.
+
+  Each round, each device is down with probability ``p_drop`` and K clients are drawn
+  uniformly among the up devices (as :mod:`hadfl_jax.algorithms.fedavg` does); they run H
+  steps, the others none. Speeds are lognormal(0.8) (the bucket widths are fitted to them).
+  """
+  rng = np.random.default_rng(seed)
+  rows = []
+  for n, fraction, h, name in FEDAVG:
+    k = max(1, int(round(fraction * n)))
+    speed_N = np.exp(0.8 * rng.standard_normal(n))
+    schedule = local.LocalSchedule(local.fit_bucket_widths(speed_N, num_buckets))
+    useful = single = engine = 0
+    for _ in range(num_rounds):
+      up = np.flatnonzero(rng.random(n) >= p_drop)
+      budgets_N = np.zeros(n, np.int64)
+      budgets_N[rng.choice(up, size=min(k, up.size), replace=False)] = h
+      useful += int(budgets_N.sum())
+      single += n * int(budgets_N.max())
+      engine += schedule.computed_steps(budgets_N)
+    rows.append(dict(scenario=name, num_devices=n, clients=k, local_steps=h,
+                     rounds=num_rounds, buckets=num_buckets,
+                     masked_before=1.0 - useful / single, masked_after=1.0 - useful / engine))
   return rows
 
 
@@ -115,13 +152,14 @@ def time_buckets(model_name: str, scenario: common.Scenario, buckets: tuple[int,
 
 def run(quick: bool) -> dict[str, Any]:
   table = waste_table(num_cycles=5 if quick else 20)
+  fedavg = fedavg_waste_table(num_rounds=5 if quick else 20)
   timings = []
   if quick:
     timings.append(time_buckets('small_mlp', SCENARIOS[1], (1, 4), 1.0, 1, 1, per_device=16))
   else:
     timings.append(time_buckets('cnn', SCENARIOS[0], (1, 4, 8), 0.25, 1, 3))
     timings.append(time_buckets('mlp', SCENARIOS[2], (1, 8, 16), 1.0, 1, 3))
-  return dict(waste=table, timings=timings)
+  return dict(waste=table, fedavg=fedavg, timings=timings)
 
 
 def _pct(x):
@@ -137,6 +175,15 @@ def markdown(result: dict[str, Any]) -> str:
       cells.append(f"{_pct(r.get(f'static_{g}'))} / **{_pct(r.get(f'sorted_{g}'))}**"
                    if f'sorted_{g}' in r else 'n/a')
     lines.append('| ' + ' | '.join(cells) + ' |')
+  lines.append('')
+  lines.append('FedAvg\'s masked work (K of N clients train, the rest idle), before (one masked '
+               'loop over all N) and after (the engine\'s budget-sorted buckets):')
+  lines.append('')
+  lines.append('| scenario | clients K | masked before | masked after |')
+  lines.append('|---|---|---|---|')
+  for r in result.get('fedavg', []):
+    lines.append(f"| {r['scenario']} | {r['clients']} | {_pct(r['masked_before'])} | "
+                 f"**{_pct(r['masked_after'])}** |")
   lines.append('')
   lines.append('Wall time of local training on the scenario\'s real budgets, side by side:')
   lines.append('')

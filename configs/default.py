@@ -10,12 +10,19 @@ Every other config imports this one and overrides what differs.
 
 import ml_collections
 
+from hadfl_jax import algorithms
+from hadfl_jax.core import engine
+from hadfl_jax.core import faults
+
 
 def get_config() -> ml_collections.ConfigDict:
   """The complete set of fields, with the quick scenario's values."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.algorithm = 'hadfl'
+  config.algorithm = 'hadfl'  # hadfl_jax.algorithms.ALGORITHMS
+  # Modules imported before anything is named: a researcher's additions (algorithms,
+  # selection rules, models, losses, partitioners) register themselves when imported.
+  config.imports = ()
 
   # Data: a TFDS name ('digits', 'mnist_idx', or a catalog name such as 'mnist').
   config.dataset = ml_collections.ConfigDict()
@@ -27,14 +34,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How the training set is split over the devices.
   config.partition = ml_collections.ConfigDict()
-  config.partition.kind = 'iid'  # iid | dirichlet | shards | quantity
+  config.partition.kind = 'iid'  # hadfl_jax.data.PARTITIONS: iid | dirichlet | shards | quantity
   config.partition.alpha = 0.5  # Dirichlet label skew.
   config.partition.classes_per_device = 2  # shards
   config.partition.quantity_alpha = 1.0  # quantity skew
   config.partition.min_examples = 1
 
   config.num_devices = 8
-  config.model = 'digits_mlp'
+  config.model = 'digits_mlp'  # hadfl_jax.models.MODELS
+  config.loss = 'cross_entropy'  # hadfl_jax.core.task.LOSSES
   config.batch_size = 32
 
   # Each device's local optimizer.
@@ -52,30 +60,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile.sigma = 0.8  # lognormal
   config.profile.seconds_per_step = 0.01  # of the fastest device
   config.profile.jitter_sigma = 0.0  # per-cycle speed jitter
-  config.profile.speed_ema = 0.9  # coordinator's EMA of observed speeds
   config.profile.bandwidth_mbps = 100.0
   config.profile.latency_s = 0.005
   config.profile.bytes_per_param = 4
 
-  # HADFL's choices (HADFL.md, "One HADFL cycle").
-  config.hadfl = ml_collections.ConfigDict()
-  config.hadfl.rho = 0.5
-  config.hadfl.selection = 'version'  # version | speed | uniform | staleness
-  # data | uniform | steps | version. 'version' won HADFL's ablation (results/ablation,
-  # docs/results.md: 11% shorter time to target than 'data' on the quick scenario, on each
-  # of 3 seeds); the MNIST results pin 'data', the default when they were run.
-  config.hadfl.weights = 'version'
-  config.hadfl.opt_state = 'average'  # average | keep | reset
-  config.hadfl.t_local = 0.1  # simulated seconds of local training per cycle
-  config.hadfl.h_cap = 1000
-
-  # The baselines (HADFL.md, "Baselines"; hadfl_jax/algorithms/baselines.py).
-  config.baselines = ml_collections.ConfigDict()
-  config.baselines.local_steps = 10  # H of dfedavg, fedavg and dpsgd
-  config.baselines.ddp_steps = 10  # synchronous steps per jitted ddp cycle
-  config.baselines.fedavg_fraction = 0.5  # C: clients per FedAvg round, K = round(C N)
-  config.baselines.graph = 'ring'  # dpsgd graph: ring | torus | exponential
-  config.baselines.opt_state = 'average'  # average | keep | reset
+  # Every registered algorithm's options, one section each (config.hadfl, config.ddp,
+  # config.dfedavg, config.fedavg, config.dpsgd), with the defaults its typed Config
+  # declares (hadfl_jax/algorithms/<name>.py, the only place they live). Only the section of
+  # config.algorithm matters to a run (and to its resume check and run cache).
+  for name in algorithms.names():
+    config[name] = algorithms.config_of(name).to_config_dict()
 
   # The comparison (python -m hadfl_jax.compare; hadfl_jax/compare.py).
   config.compare = ml_collections.ConfigDict()
@@ -95,22 +89,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.compare.sweep = False  # run the heterogeneity sweep too
   config.compare.ablation = False  # run HADFL's ablation too
 
-  # Faults (HADFL.md, step 5).
-  config.faults = ml_collections.ConfigDict()
-  config.faults.p_drop = 0.0
-  config.faults.p_sync_fail = 0.0
-  config.faults.down_trace = ()  # rows (device, first_cycle, end_cycle)
+  # Faults (docs/spec.md, step 5): every algorithm runs under them (hadfl_jax/core/faults.py).
+  config.faults = faults.FaultsConfig().to_config_dict()
 
-  # The engine: how the simulation runs, not what it computes (README, "Performance").
-  config.engine = ml_collections.ConfigDict()
-  config.engine.num_buckets = 8  # Local training in <= this many budget-sorted buckets.
-  # MiB of device state per sub-bucket (cache blocking); None: 4 on CPU, no limit on GPU/TPU.
-  config.engine.bucket_mib = ml_collections.config_dict.placeholder(float)
-  config.engine.mesh_shards = 0  # Accelerators to shard the device axis over; 0 = all.
-  config.engine.distributed = False  # Multi-host: jax.distributed.initialize() first.
-  config.engine.coordinator_address = ml_collections.config_dict.placeholder(str)
-  config.engine.num_processes = ml_collections.config_dict.placeholder(int)
-  config.engine.process_id = ml_collections.config_dict.placeholder(int)
+  # The engine: how the simulation runs, not what it computes (README, "Performance";
+  # hadfl_jax/core/engine.py: num_buckets, bucket_mib, mesh_shards, multi-host fields).
+  config.engine = engine.EngineConfig().to_config_dict()
 
   # The run.
   config.num_cycles = 60

@@ -1,4 +1,4 @@
-r"""Many-devices scenario (HADFL.md, "Scenarios"): N = 64, lognormal speeds, faults.
+r"""Many-devices scenario (docs/spec.md, "Scenarios"): N = 64, lognormal speeds, faults.
 
 Real MNIST, 64 devices with speeds lognormal(sigma = 0.8) (seeded; the fastest at 10 ms
 per step), 30% of the devices down in every cycle at random, Dirichlet(0.3) label shards,

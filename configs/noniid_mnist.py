@@ -1,4 +1,4 @@
-r"""Non-IID scenario (HADFL.md, "Scenarios"): paper-like with Dirichlet(0.5) label shards.
+r"""Non-IID scenario (docs/spec.md, "Scenarios"): paper-like with Dirichlet(0.5) label shards.
 
 Real MNIST, 8 devices, speeds [1, 1, 2, 2, 4, 4, 8, 8], the 0.4M-parameter CNN, target
 98%; only the partition differs from ``configs/paper_mnist.py``.

@@ -1,4 +1,4 @@
-r"""Paper-like scenario (HADFL.md, "Scenarios"): real MNIST, 8 devices, speeds 1..8.
+r"""Paper-like scenario (docs/spec.md, "Scenarios"): real MNIST, 8 devices, speeds 1..8.
 
 CNN of about 0.4M float32 parameters, IID shards of the 60k training images, relative
 speeds [1, 1, 2, 2, 4, 4, 8, 8] with the fastest device at 10 ms per step, 100 Mbit/s

@@ -1,4 +1,4 @@
-r"""Quick comparison (HADFL.md, "Scenarios", quick): every algorithm on the UCI digits.
+r"""Quick comparison (docs/spec.md, "Scenarios", quick): every algorithm on the UCI digits.
 
 A few seconds of CPU: the quick scenario of ``configs/default.py`` with a one-point grid,
 runs stopped at the 90% target or after 20 simulated seconds. The test suite and the

@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from hadfl_jax import algorithms
 from hadfl_jax import validation
 
 PyTree = Any
@@ -70,6 +71,13 @@ def to_json_tree(config) -> dict:
   return json.loads(json.dumps(as_dict))
 
 
+def active_sections(tree: Mapping) -> dict:
+  """A config tree without the sections of algorithms other than ``tree['algorithm']``:
+  what determines a run (its resume check and the comparison's run cache)."""
+  active = tree.get('algorithm')
+  return {k: v for k, v in tree.items() if k == active or k not in algorithms.names()}
+
+
 def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
@@ -92,12 +100,15 @@ def config_differences(saved: Mapping, current: Mapping) -> list[str]:
     saved: the config the workdir's run was started with (a JSON tree).
     current: this run's config (a JSON tree, see :func:`to_json_tree`).
 
+  Only the active algorithm's section counts (:func:`active_sections`): a DDP run may be
+  resumed after ``hadfl.rho`` changed.
+
   Returns:
     One line per differing field, ``'name: <saved> in the workdir, <current> now'``,
     sorted by field name; empty if the run may be resumed.
   """
   missing = object()
-  old, new = _flatten(saved), _flatten(current)
+  old, new = _flatten(active_sections(saved)), _flatten(active_sections(current))
   lines = []
   for field in sorted(set(old) | set(new)):
     a, b = old.get(field, missing), new.get(field, missing)

@@ -1,6 +1,6 @@
 r"""Time-to-accuracy comparison of HADFL and its baselines on one scenario.
 
-``HADFL.md``, "Baselines" and "Evaluation". One command runs several algorithms on the
+``docs/spec.md``, "Baselines" and "Evaluation". One command runs several algorithms on the
 same data partition, model initialisation, seed, device profile and evaluation::
 
   python -m hadfl_jax.compare --config configs/paper_mnist.py --workdir DIR
@@ -62,13 +62,12 @@ import numpy as np
 from ml_collections import config_flags
 
 from hadfl_jax import algorithms
+from hadfl_jax import checkpoint
 from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax import validation
-from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import profiles
 
-HAS_LOCAL_STEPS = ('hadfl', 'dfedavg', 'fedavg', 'dpsgd')
 RUN_KEY_FILE = 'run_key.json'
 
 
@@ -104,7 +103,7 @@ def grid_points(config, algorithm: str) -> list[dict]:
   extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
   steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
   for lr in cmp.learning_rates:
-    if algorithm in HAS_LOCAL_STEPS:
+    if 'h' in algorithms.grid_knobs(algorithm):
       points.extend({'lr': float(lr), 'h': int(h)} for h in steps)
     else:
       points.append({'lr': float(lr)})
@@ -112,26 +111,21 @@ def grid_points(config, algorithm: str) -> list[dict]:
 
 
 def apply_point(config, algorithm: str, point: dict, problem) -> ml_collections.ConfigDict:
-  """A copy of ``config`` that runs ``algorithm`` with the grid point's values."""
+  """A copy of ``config`` that runs ``algorithm`` with the grid point's values.
+
+  ``lr`` sets the optimizer's learning rate; the algorithm's module maps the rest (``h``,
+  and e.g. DDP's cycle length from the evaluation interval) onto its typed config
+  (:func:`hadfl_jax.algorithms.apply_grid_point`); ``'<algorithm>.<field>'`` keys (an
+  ablation's) override its fields.
+  """
   cfg = copy.deepcopy(config)
   cfg.algorithm = algorithm
   cfg.optimizer.learning_rate = point['lr']
-  if 'h' in point:
-    if algorithm == 'hadfl':
-      cfg.hadfl.t_local = point['h'] * cfg.profile.seconds_per_step
-    else:
-      cfg.baselines.local_steps = point['h']
-  for k, v in point.items():
-    if k not in ('lr', 'h'):  # Ablation overrides such as 'hadfl.rho'.
-      section, field = k.split('.')
-      cfg[section][field] = v
-  if algorithm == 'ddp':
-    from hadfl_jax.core import clock  # pylint: disable=g-import-not-at-top
-    speed = problem.profile.speed_N
-    t_step = float(1.0 / speed.min() + clock.ring_allreduce_time(
-        problem.num_devices, problem.model_bytes, float(problem.profile.bandwidth_N.min()),
-        problem.profile.latency))
-    cfg.baselines.ddp_steps = max(1, int(round(eval_interval(config, problem) / t_step)))
+  section = algorithms.apply_grid_point(
+      algorithm, validation.algorithm_config(cfg), point,
+      algorithms.GridContext(problem=problem, eval_interval_s=eval_interval(config, problem)))
+  with cfg.unlocked():
+    cfg[algorithm] = section.to_config_dict()
   return cfg
 
 
@@ -155,7 +149,7 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
   evaluator, with the evaluation schedule in simulated seconds described in the module
   docstring. A finished run of the same config in ``workdir`` is reused.
   """
-  validation.validate(config, algorithms=algorithms.ALGORITHMS)
+  validation.validate(config)
   cached = _load_run(config, workdir)
   if cached is not None:
     return cached
@@ -175,10 +169,11 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
 
 
 def _run_key(config) -> dict:
-  """What determines a run: the config without the comparison's grids and without
-  ``engine`` (how the simulation is scheduled, which by its contract never changes what it
-  computes beyond float rounding), plus the evaluation schedule it implies."""
-  d = config.to_dict()
+  """What determines a run: the config without the comparison's grids, without the
+  sections of other algorithms and without ``engine`` (how the simulation is scheduled,
+  which by its contract never changes what it computes beyond float rounding), plus the
+  evaluation schedule it implies."""
+  d = checkpoint.active_sections(checkpoint.to_json_tree(validation.resolve(config)))
   d.pop('compare', None)
   d.pop('engine', None)
   d.pop('eval_interval_s', None)  # Set from compare.*, recorded as eval_schedule.
@@ -497,30 +492,30 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=_print) -> dict
   for name in names:
     cfg = copy.deepcopy(config)
     cfg.algorithm = name
-    validation.validate(cfg, algorithms=algorithms.ALGORITHMS)
+    validation.validate(cfg)
   _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   setup = train.build_setup(config)
   evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
-                                   config.eval_batch_size, config.device_eval_examples)
+                                   config.eval_batch_size, config.device_eval_examples,
+                                   task=setup.problem.task)
   wall = time.perf_counter()
   tuned = tune(config, setup, evaluator, workdir, names, log=log)
   results = {'algorithms': summarise(tuned), 'target_accuracy': config.target_accuracy,
              'eval_interval_s': eval_interval(config, setup.problem),
              'eval_growth': float(config.compare.get('eval_growth', 0.1)),
              'max_sim_time_s': config.max_sim_time}
-  if 'dpsgd' in names:
-    results['dpsgd_graph'] = graphs.describe(graphs.make_graph(config.baselines.graph,
-                                                               config.num_devices))
+  # What an algorithm's module says of its configuration (e.g. D-PSGD's graph).
+  results['descriptions'] = {
+      name: algorithms.ALGORITHMS.get(name).describe(validation.algorithm_config(config, name),
+                                                     setup.problem)
+      for name in tuned if hasattr(algorithms.ALGORITHMS.get(name), 'describe')}
   _write_json(os.path.join(workdir, 'results.json'), results)
   if tuned:
     plot_curves(tuned, workdir, config.target_accuracy)
   report = report_markdown(config, results['algorithms'],
                            f'Comparison: {os.path.basename(os.path.normpath(workdir))}')
-  if 'dpsgd_graph' in results:
-    g = results['dpsgd_graph']
-    report += (f'\nD-PSGD graph: {g["kind"]} on {g["num_devices"]} devices, degree '
-               f'{g["min_degree"]}..{g["max_degree"]}, Metropolis-Hastings weights (symmetric, '
-               f'doubly stochastic), spectral gap {g["spectral_gap"]:.4f}.\n')
+  for name, text in results['descriptions'].items():
+    report += f'\n{name}: {text["text"]}\n'
   if config.compare.sweep:
     # Only the profile changes: the data, partition and model are shared.
     setup_fn = lambda c: dataclasses.replace(setup, problem=dataclasses.replace(
@@ -551,20 +546,19 @@ def _sweep_table(rows) -> str:
   return '\n'.join(lines) + '\n'
 
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Scenario config (configs/*.py).')
-flags.DEFINE_string('workdir', None, 'Output directory.')
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  results = compare(FLAGS.config, FLAGS.workdir)
-  with open(os.path.join(FLAGS.workdir, 'report.md')) as f:
+  flags_ = flags.FLAGS
+  compare(flags_.config, flags_.workdir)
+  with open(os.path.join(flags_.workdir, 'report.md')) as f:
     print(f.read())
-  del results
 
 
 if __name__ == '__main__':
+  # Flags are defined only when this module is the program, so that importing it next to
+  # hadfl_jax.main (which defines its own --config and --workdir) is fine.
+  config_flags.DEFINE_config_file('config', None, 'Scenario config (configs/*.py).')
+  flags.DEFINE_string('workdir', None, 'Output directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

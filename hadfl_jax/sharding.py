@@ -47,19 +47,19 @@ def initialize_distributed(engine_config) -> bool:
   """Starts multi-host JAX when ``engine_config.distributed`` is set; call it first.
 
   Args:
-    engine_config: ``config.engine`` with ``distributed`` (bool) and optional
+    engine_config: the engine settings with ``distributed`` (bool) and optional
       ``coordinator_address``, ``num_processes``, ``process_id`` (None: detected from the
       cluster environment, as on a TPU pod).
 
   Returns:
     Whether ``jax.distributed.initialize`` was called.
   """
-  if not engine_config.get('distributed', False):
+  if not _field(engine_config, 'distributed', False):
     return False
   jax.distributed.initialize(
-      coordinator_address=engine_config.get('coordinator_address'),
-      num_processes=engine_config.get('num_processes'),
-      process_id=engine_config.get('process_id'),
+      coordinator_address=_field(engine_config, 'coordinator_address', None),
+      num_processes=_field(engine_config, 'num_processes', None),
+      process_id=_field(engine_config, 'process_id', None),
   )
   logging.info('jax.distributed: process %d of %d, %d global devices',
                jax.process_index(), jax.process_count(), jax.device_count())
@@ -68,7 +68,16 @@ def initialize_distributed(engine_config) -> bool:
 
 def mesh_size(engine_config) -> int:
   """The mesh size ``config.engine.mesh_shards`` asks for (0: every accelerator)."""
-  return int(engine_config.get('mesh_shards', 0)) or jax.device_count()
+  return int(_field(engine_config, 'mesh_shards', 0) or 0) or jax.device_count()
+
+
+def _field(engine_config, name: str, default):
+  """A field of an :class:`hadfl_jax.core.engine.EngineConfig` or a ConfigDict section."""
+  if engine_config is None:
+    return default
+  if hasattr(engine_config, 'get'):
+    return engine_config.get(name, default)
+  return getattr(engine_config, name, default)
 
 
 def make_mesh(num_shards: int = 0) -> Mesh:

@@ -41,6 +41,7 @@ from hadfl_jax import sharding
 from hadfl_jax import validation
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import profiles
+from hadfl_jax.core import task as task_lib
 
 PyTree = Any
 
@@ -93,10 +94,20 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       profile=profiles.make_profile(config.profile, config.num_devices, config.seed),
       num_examples_N=np.asarray([len(p) for p in parts], np.int64),
       batch_size=config.batch_size,
+      input_shape=tuple(train.images.shape[1:]),
+      task=task_lib.Task.from_loss(config.loss),
+      faults=validation.faults_config(config),
       bytes_per_param=config.profile.bytes_per_param,
   )
   return Setup(problem, device_data, test,
                data_lib.partition_report(train.labels, parts, train.num_classes))
+
+
+def build_algorithm(config: ml_collections.ConfigDict,
+                    problem: base.Problem) -> algorithms.Algorithm:
+  """The algorithm ``config.algorithm`` with its section and the engine settings."""
+  return algorithms.build(config.algorithm, problem, validation.algorithm_config(config),
+                          validation.engine_config(config))
 
 
 @dataclasses.dataclass
@@ -282,24 +293,31 @@ def format_summary(summary: dict, wall_time_s: float | None = None) -> str:
 
 
 class EvalSchedule:
-  """When to evaluate: every ``eval_every`` cycles, or on a simulated-time schedule.
+  """When to evaluate: every ``every`` cycles, or on a simulated-time schedule.
 
-  With ``config.eval_interval_s > 0`` the consensus model is evaluated after the first
-  cycle that passes the next evaluation point, and the next point is
-  ``max(t + eval_interval_s, t * (1 + eval_growth))``: algorithms with different cycle
-  lengths are then evaluated at comparable simulated times (what a fair time-to-accuracy
-  comparison needs, see :mod:`hadfl_jax.compare`). The last cycle, and a cycle that
-  runs out of simulated time, are always evaluated. The schedule depends only on the
-  evaluations so far, so a resumed run continues it exactly.
+  With ``interval_s > 0`` the consensus model is evaluated after the first cycle that
+  passes the next evaluation point, and the next point is
+  ``max(t + interval_s, t * (1 + growth))``: algorithms with different cycle lengths are
+  then evaluated at comparable simulated times (what a fair time-to-accuracy comparison
+  needs, see :mod:`hadfl_jax.compare`). The last cycle, and a cycle that runs out of
+  simulated time, are always evaluated. The schedule depends only on the evaluations so
+  far, so a resumed run continues it exactly.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, history: list[dict]):
-    self._every = config.eval_every
-    self._interval = float(config.get('eval_interval_s', 0.0))
-    self._growth = float(config.get('eval_growth', 0.0))
+  def __init__(self, every: int = 1, interval_s: float = 0.0, growth: float = 0.0,
+               history: list[dict] | None = None):
+    self._every = every
+    self._interval = float(interval_s)
+    self._growth = float(growth)
     self._next = self._interval
     if history:
       self.evaluated(history[-1]['sim_time_s'])
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  history: list[dict] | None = None) -> 'EvalSchedule':
+    return cls(config.eval_every, config.get('eval_interval_s', 0.0),
+               config.get('eval_growth', 0.0), history)
 
   def due(self, cycles_done: int, sim_time: float) -> bool:
     if self._interval > 0:
@@ -310,10 +328,149 @@ class EvalSchedule:
     self._next = max(sim_time + self._interval, sim_time * (1.0 + self._growth))
 
 
+@dataclasses.dataclass
+class Progress:
+  """The host-side record of a run so far (checkpointed as JSON beside the state).
+
+  Attributes:
+    ledger: the float64 clock and byte totals.
+    history: the evaluation rows (what ``metrics.jsonl`` holds).
+    time_to_target_s: simulated seconds at the first evaluation at or above the target.
+    cycle_at_target: the cycle of that evaluation.
+  """
+
+  ledger: Ledger
+  history: list[dict] = dataclasses.field(default_factory=list)
+  time_to_target_s: float | None = None
+  cycle_at_target: int | None = None
+
+  def state_dict(self) -> dict[str, Any]:
+    return {'ledger': self.ledger.state_dict(), 'history': list(self.history),
+            'time_to_target_s': self.time_to_target_s, 'cycle_at_target': self.cycle_at_target}
+
+  @classmethod
+  def from_state_dict(cls, d: dict[str, Any]) -> 'Progress':
+    return cls(Ledger.from_state_dict(d['ledger']), list(d['history']), d['time_to_target_s'],
+               d['cycle_at_target'])
+
+
+def _print_row(name: str, row: dict) -> None:
+  print(f'[{name}] cycle {row["cycle"]:5d}  sim {row["sim_time_s"]:9.2f}s  '
+        f'acc {row["consensus_accuracy"]:.4f}  device mean/min '
+        f'{row["mean_device_accuracy"]:.4f}/{row["min_device_accuracy"]:.4f}  '
+        f'loss {row["loss"]:.4f}', flush=True)
+
+
+def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Evaluator, *,
+        num_cycles: int, target_accuracy: float = 1.0, stop_at_target: bool = False,
+        max_sim_time: float = 0.0, schedule: EvalSchedule | None = None,
+        progress: Progress | None = None, mesh=None,
+        on_row: Callable[[dict], None] | None = None,
+        on_cycle_end: Callable[[int, PyTree, Progress, bool], None] | None = None,
+        verbose: bool = True) -> tuple[PyTree, Progress]:
+  """Runs any algorithm for up to ``num_cycles`` cycles, evaluating on a schedule.
+
+  The open core of the run loop: any :class:`~hadfl_jax.algorithms.base.Algorithm`
+  (a built-in or one's own), any state (fresh or restored), any evaluator. Each cycle is
+  one call of the jitted ``algorithm.cycle`` (compiled once; with a ``mesh``, the device
+  axis is sharded over it), its report is checked for divergence and added to the
+  simulated clock.
+
+  Args:
+    algorithm: the algorithm.
+    state: its state (``algorithm.init(key)``, or restored).
+    data: the stacked device data.
+    evaluator: evaluates the consensus and device models.
+    num_cycles: the last cycle index to run to (cycles already in ``progress`` count).
+    target_accuracy: the consensus accuracy whose first crossing is recorded.
+    stop_at_target: stop once it is reached.
+    max_sim_time: stop after this many simulated seconds (0: no limit).
+    schedule: when to evaluate (default: after every cycle).
+    progress: the record of the cycles done so far (default: none done).
+    mesh: a ``jax.sharding.Mesh`` to shard the device axis over (default: no sharding).
+    on_row: called with every evaluation row (e.g. to append it to a file).
+    on_cycle_end: called as ``(cycles_done, state, progress, last)`` after every cycle
+      and its evaluation (e.g. to checkpoint); ``last`` is True for the final cycle.
+    verbose: print a line per evaluation.
+
+  Returns:
+    ``(state, progress)``: the final state and the whole record.
+
+  Raises:
+    DivergenceError: a loss, a parameter or the test loss that stops being finite,
+      naming the cycle and the devices.
+  """
+  n = jax.tree.leaves(data)[0].shape[0]  # The device axis.
+  progress = progress or Progress(Ledger(n))
+  schedule = schedule or EvalSchedule(history=progress.history)
+  ledger = progress.ledger
+  if mesh is None:
+    cycle_fn = jax.jit(with_finiteness(algorithm), donate_argnums=(0,))
+  else:
+    cycle_fn, state, data = sharding.shard_cycle(with_finiteness(algorithm), state, data, mesh, n)
+
+  def stopped() -> bool:
+    return (stop_at_target and progress.time_to_target_s is not None) or (
+        0 < max_sim_time <= ledger.sim_time)
+
+  cycle = ledger.cycles
+  while cycle < num_cycles and not stopped():
+    state, (info, finite) = cycle_fn(state, data)
+    info, finite = jax.device_get((info, finite))
+    check_finite(info, cycle, finite)
+    ledger.add(info)
+    cycle += 1
+    last = cycle == num_cycles or 0 < max_sim_time <= ledger.sim_time
+    if schedule.due(cycle, ledger.sim_time) or last:
+      schedule.evaluated(ledger.sim_time)
+      trained = info.budgets_N > 0
+      row = {'cycle': cycle, **ledger.totals(), **evaluate(evaluator, algorithm, state),
+             'train_loss': float(np.mean(info.train_loss_N[trained])) if np.any(trained)
+                           else float('nan')}
+      if not np.isfinite(row['loss']):
+        raise DivergenceError(f'cycle {cycle}: consensus test loss is not finite')
+      progress.history.append(row)
+      if on_row is not None:
+        on_row(row)
+      if verbose:
+        _print_row(algorithm.name, row)
+      if progress.time_to_target_s is None and row['consensus_accuracy'] >= target_accuracy:
+        progress.time_to_target_s, progress.cycle_at_target = row['sim_time_s'], row['cycle']
+    if on_cycle_end is not None:
+      on_cycle_end(cycle, state, progress, last or stopped())
+  return state, progress
+
+
+def summarize(algorithm: base.Algorithm, problem: base.Problem, progress: Progress,
+              target_accuracy: float) -> dict:
+  """The final figures of a run (``summary.json``)."""
+  history = progress.history
+  final = history[-1]
+  return {
+      'algorithm': algorithm.name,
+      'cycles': progress.ledger.cycles,
+      'num_devices': problem.num_devices,
+      'num_params': problem.num_params,
+      'target_accuracy': target_accuracy,
+      'time_to_target_s': progress.time_to_target_s,
+      'cycle_at_target': progress.cycle_at_target,
+      'final_consensus_accuracy': final['consensus_accuracy'],
+      'best_consensus_accuracy': max(r['consensus_accuracy'] for r in history),
+      'final_mean_device_accuracy': final['mean_device_accuracy'],
+      'final_min_device_accuracy': final['min_device_accuracy'],
+      'final_loss': final['loss'],
+      **progress.ledger.totals(),
+  }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        setup: Setup | None = None,
                        evaluator: evaluation.Evaluator | None = None) -> dict:
   """Runs one algorithm on one scenario and writes its metrics into ``workdir``.
+
+  A thin adapter over :func:`run`: the config names the data, the model, the algorithm
+  and the engine; this function builds them, resumes from the workdir's checkpoints and
+  writes the run's files.
 
   Args:
     config: the run config (see ``configs/default.py``); validated before any work.
@@ -340,21 +497,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     DivergenceError: a loss or a parameter that stops being finite (no checkpoint is
       taken of a non-finite state: the latest one stays the last good one).
   """
-  validation.validate(config, algorithms=algorithms.ALGORITHMS)
-  sharding.initialize_distributed(config.get('engine', {}))
+  config = validation.resolve(config)
+  sharding.initialize_distributed(validation.engine_config(config))
   checkpoints = checkpoint.open_workdir(config, workdir)
   try:
     return _run(config, workdir, checkpoints, setup, evaluator)
   finally:
     if checkpoints is not None:
       checkpoints.close()  # Completes a save in flight: the last good state.
-
-
-def _stopped_early(config: ml_collections.ConfigDict, ledger: Ledger,
-                   time_to_target: float | None) -> bool:
-  """Whether the run stopped before ``num_cycles`` (target reached, or out of time)."""
-  return (bool(config.stop_at_target) and time_to_target is not None) or (
-      0 < config.max_sim_time <= ledger.sim_time)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str,
@@ -375,106 +525,60 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     setup = dataclasses.replace(setup, problem=dataclasses.replace(
         setup.problem, optimizer=optim.make_optimizer(config.optimizer)))
   _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  problem = setup.problem
+  algorithm = build_algorithm(config, problem)
   if evaluator is None:
     evaluator = evaluation.Evaluator(
-        setup.problem.model.apply, setup.test, config.eval_batch_size,
-        config.device_eval_examples)
+        problem.model.apply, setup.test, config.eval_batch_size,
+        config.device_eval_examples, task=problem.task)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   # The device axis sharded over the accelerators (a no-op mesh of one on a laptop).
-  mesh = sharding.make_mesh(sharding.mesh_size(config.engine) if 'engine' in config else 1)
-  cycle_fn, state, device_data = sharding.shard_cycle(
-      with_finiteness(algorithm), state, setup.device_data, mesh, setup.problem.num_devices)
-  ledger = Ledger(setup.problem.num_devices)
+  mesh = sharding.make_mesh(sharding.mesh_size(validation.engine_config(config)))
   logging.info('%s: %d devices, %d params, partition %s', algorithm.name,
-               setup.problem.num_devices, setup.problem.num_params,
+               problem.num_devices, problem.num_params,
                setup.partition_report.get('summary'))
 
-  history: list[dict] = []
-  time_to_target = cycle_at_target = None
+  progress = Progress(Ledger(problem.num_devices))
   resumed_from = None
   if checkpoints is not None and checkpoints.latest_step is not None:
-    state, progress = checkpoints.restore(state)
-    ledger = Ledger.from_state_dict(progress['ledger'])
-    history = progress['history']
-    time_to_target, cycle_at_target = progress['time_to_target_s'], progress['cycle_at_target']
-    resumed_from = ledger.cycles
+    state = sharding.place(state, sharding.tree_shardings(state, problem.num_devices, mesh))
+    state, saved = checkpoints.restore(state)
+    progress = Progress.from_state_dict(saved)
+    resumed_from = progress.ledger.cycles
     print(f'[{algorithm.name}] resuming after cycle {resumed_from} from '
           f'{checkpoints.directory}', flush=True)
   # metrics.jsonl holds exactly the rows of the state the run continues from.
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  _write_rows(metrics_path, history)
+  _write_rows(metrics_path, progress.history)
   save_every = config.checkpoint_every if checkpoints is not None else 0
 
-  def save(cycles_done: int) -> None:
-    checkpoints.save(cycles_done, state, {
-        'config': checkpoint.to_json_tree(config),
-        'ledger': ledger.state_dict(),
-        'history': list(history),  # A copy: the save may complete in the background.
-        'time_to_target_s': time_to_target,
-        'cycle_at_target': cycle_at_target,
-    })
+  def on_cycle_end(cycles_done: int, state, progress: Progress, last: bool) -> None:
+    if save_every and (not cycles_done % save_every or last):
+      checkpoints.save(cycles_done, state, {'config': checkpoint.to_json_tree(config),
+                                            **progress.state_dict()})
 
-  def diverged(error: DivergenceError) -> DivergenceError:
-    if not save_every:
-      return error
-    kept = ('no checkpoint was taken yet' if checkpoints.latest_step is None else
-            f'the last good checkpoint (after cycle {checkpoints.latest_step}) in '
-            f'{checkpoints.directory} is kept')
-    return DivergenceError(f'{error}; {kept}')
-
-  stop = _stopped_early(config, ledger, time_to_target)
-  schedule = EvalSchedule(config, history)
   with open(metrics_path, 'a') as metrics_file:
-    for cycle in range(ledger.cycles, config.num_cycles):
-      if stop:
-        break
-      state, (info, finite) = cycle_fn(state, device_data)
-      info, finite = jax.device_get((info, finite))
-      try:
-        check_finite(info, cycle, finite)
-      except DivergenceError as e:
-        raise diverged(e) from None
-      ledger.add(info)
-      last = cycle + 1 == config.num_cycles
-      out_of_time = 0 < config.max_sim_time <= ledger.sim_time
-      stop = out_of_time
-      if schedule.due(cycle + 1, ledger.sim_time) or last or out_of_time:
-        schedule.evaluated(ledger.sim_time)
-        row = {'cycle': cycle + 1, **ledger.totals(), **evaluate(evaluator, algorithm, state),
-               'train_loss': float(np.mean(info.train_loss_N[info.budgets_N > 0]))
-               if np.any(info.budgets_N > 0) else float('nan')}
-        if not np.isfinite(row['loss']):
-          raise diverged(DivergenceError(f'cycle {cycle + 1}: consensus test loss is not finite'))
-        history.append(row)
-        metrics_file.write(json.dumps(row) + '\n')
-        metrics_file.flush()
-        print(f'[{algorithm.name}] cycle {row["cycle"]:5d}  sim {row["sim_time_s"]:9.2f}s  '
-              f'acc {row["consensus_accuracy"]:.4f}  device mean/min '
-              f'{row["mean_device_accuracy"]:.4f}/{row["min_device_accuracy"]:.4f}  '
-              f'loss {row["loss"]:.4f}', flush=True)
-        if time_to_target is None and row['consensus_accuracy'] >= config.target_accuracy:
-          time_to_target, cycle_at_target = row['sim_time_s'], row['cycle']
-          stop = stop or bool(config.stop_at_target)
-      if save_every and (not (cycle + 1) % save_every or last or stop):
-        save(cycle + 1)
 
-  final = history[-1]
-  summary = {
-      'algorithm': algorithm.name,
-      'cycles': ledger.cycles,
-      'num_devices': setup.problem.num_devices,
-      'num_params': setup.problem.num_params,
-      'target_accuracy': config.target_accuracy,
-      'time_to_target_s': time_to_target,
-      'cycle_at_target': cycle_at_target,
-      'final_consensus_accuracy': final['consensus_accuracy'],
-      'best_consensus_accuracy': max(r['consensus_accuracy'] for r in history),
-      'final_mean_device_accuracy': final['mean_device_accuracy'],
-      'final_min_device_accuracy': final['min_device_accuracy'],
-      'final_loss': final['loss'],
-      **ledger.totals(),
-  }
+    def on_row(row: dict) -> None:
+      metrics_file.write(json.dumps(row) + '\n')
+      metrics_file.flush()
+
+    try:
+      state, progress = run(
+          algorithm, state, setup.device_data, evaluator, num_cycles=config.num_cycles,
+          target_accuracy=config.target_accuracy, stop_at_target=bool(config.stop_at_target),
+          max_sim_time=config.max_sim_time,
+          schedule=EvalSchedule.from_config(config, progress.history), progress=progress,
+          mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end)
+    except DivergenceError as error:
+      if not save_every:
+        raise
+      kept = ('no checkpoint was taken yet' if checkpoints.latest_step is None else
+              f'the last good checkpoint (after cycle {checkpoints.latest_step}) in '
+              f'{checkpoints.directory} is kept')
+      raise DivergenceError(f'{error}; {kept}') from None
+
+  summary = summarize(algorithm, problem, progress, config.target_accuracy)
   # Wall time is not part of the summary: the same config and seed must give the same
   # summary.json on any machine; it goes to timing.json instead.
   _write_json(summary_path, summary)

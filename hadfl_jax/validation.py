@@ -7,35 +7,39 @@ start JAX. The few constraints that depend on the dataset (enough examples for t
 devices, enough shards for the classes) are checked by :func:`validate_against_data`
 once the training labels are loaded, before partitioning.
 
-Every field of ``configs/default.py`` is checked here (``tests/validation_test.py``
-mutates each one); a config without one of them fails with "missing", except the
-optional blocks (``baselines``, ``compare``, ``engine``: defaults apply) and the fields
-of ``compare``, each checked when present.
+The typed sections check themselves (:mod:`hadfl_jax.typed_config`): the active
+algorithm's (``config.<algorithm>``, its module's ``Config``), ``engine`` and ``faults``;
+absent sections take their declared defaults, unknown fields are refused. This module
+checks the rest of ``configs/default.py`` (``tests/validation_test.py`` mutates every
+field) and what crosses sections: K <= N (the algorithm's ``check_devices``), the mesh
+dividing N, a down trace naming existing devices, the examples per device. A config
+without a field fails with "missing", except the optional blocks (``compare``,
+``engine``) and the fields of ``compare``, each checked when present.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import math
-import numbers
 import os
 import re
 from collections.abc import Sequence
 
+from hadfl_jax import algorithms as algorithms_lib
 from hadfl_jax import data as data_lib
 from hadfl_jax import models as models_lib
 from hadfl_jax import optim
-from hadfl_jax.algorithms import hadfl as hadfl_lib
-from hadfl_jax.core import faults
-from hadfl_jax.core import mixing
+from hadfl_jax import typed_config as tc
+from hadfl_jax.core import engine as engine_lib
+from hadfl_jax.core import faults as faults_lib
 from hadfl_jax.core import profiles
-from hadfl_jax.core import selection
+from hadfl_jax.core import task as task_lib
 
 IDX_DATASETS = ('mnist_idx',)
 _MISSING = object()
-
-
-class ConfigError(ValueError):
-  """A config field has a value that the run cannot use."""
+ConfigError = tc.ConfigError
+_is_number = tc.is_number
 
 
 def is_known_dataset(name: str) -> bool:
@@ -47,8 +51,41 @@ def is_known_dataset(name: str) -> bool:
   return name.split('/')[0].split(':')[0] in tfds.list_builders(with_community_datasets=False)
 
 
-def _fail(field: str, value, allowed: str):
-  raise ConfigError(f'config.{field}={value!r} is invalid: {allowed}')
+_fail = tc.fail
+
+
+def import_modules(config) -> None:
+  """Imports ``config.imports`` (a researcher's modules, which register their additions).
+
+  Raises:
+    ConfigError: a module that cannot be imported, naming it and why.
+  """
+  modules = config.get('imports', ()) or ()
+  if not isinstance(modules, (tuple, list)) or not all(isinstance(m, str) and m for m in modules):
+    _fail('imports', modules, 'must be a tuple of module names')
+  for name in modules:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      _fail('imports', tuple(modules), f'module {name!r} cannot be imported ({e}); is it on '
+            'PYTHONPATH or installed?')
+
+
+def algorithm_config(config, name: str | None = None) -> tc.Section:
+  """The typed config of algorithm ``name`` (default ``config.algorithm``) from its
+  section ``config.<name>`` (absent: the defaults)."""
+  name = name or config.algorithm
+  return algorithms_lib.config_of(name, config.get(name))
+
+
+def engine_config(config) -> engine_lib.EngineConfig:
+  """The typed ``config.engine`` (absent: the defaults)."""
+  return engine_lib.EngineConfig.from_config(config.get('engine'))
+
+
+def faults_config(config) -> faults_lib.FaultsConfig:
+  """The typed ``config.faults``."""
+  return faults_lib.FaultsConfig.from_config(_get(config, 'faults'))
 
 
 def _get(config, field: str, default=_MISSING):
@@ -65,81 +102,38 @@ def _get(config, field: str, default=_MISSING):
   return value
 
 
-def _is_number(value, integer: bool = False) -> bool:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
-    return False
-  return isinstance(value, numbers.Integral) if integer else True
-
-
 def _number(config, field: str, *, low=None, high=None, low_open=False, high_open=False,
             integer=False, optional=False):
-  """Checks that ``config.<field>`` is a finite number within the given bounds.
-
-  Args:
-    config: the config.
-    field: dotted field name.
-    low, high: bounds (None: unbounded).
-    low_open, high_open: whether the bound itself is excluded.
-    integer: the value must be an integer.
-    optional: None is allowed too.
-
-  Returns:
-    The value.
-  """
+  """``config.<field>``, a finite number (an integer if ``integer``) within the bounds."""
+  spec = tc.Spec('integer' if integer else 'number', low, high, low_open, high_open, optional)
   value = _get(config, field)
-  if optional and value is None:
-    return None
-  kind = 'an integer' if integer else 'a number'
-  if not _is_number(value, integer):
-    _fail(field, value, f'must be {kind}{" or None" if optional else ""}')
-  if not math.isfinite(value):
-    _fail(field, value, 'must be finite')
-  lo = '(' if low_open else '['
-  hi = ')' if high_open else ']'
-  interval = f'{lo}{low if low is not None else "-inf"}, {high if high is not None else "inf"}{hi}'
-  if low is not None and (value < low or (low_open and value == low)):
-    _fail(field, value, f'must be in {interval}')
-  if high is not None and (value > high or (high_open and value == high)):
-    _fail(field, value, f'must be in {interval}')
+  spec.coerce(field, value)
   return value
 
 
 def _choice(config, field: str, allowed: Sequence[str]) -> str:
-  value = _get(config, field)
-  if not isinstance(value, str) or value not in allowed:
-    _fail(field, value, f'must be one of {tuple(allowed)}')
-  return value
+  return tc.Spec('choice', choices=tuple(allowed)).coerce(field, _get(config, field))
 
 
 def _bool(config, field: str) -> bool:
-  value = _get(config, field)
-  if not isinstance(value, bool):
-    _fail(field, value, 'must be True or False')
-  return value
+  return tc.Spec('boolean').coerce(field, _get(config, field))
 
 
 def _string(config, field: str, *, optional=False) -> str | None:
-  value = _get(config, field)
-  if optional and value is None:
-    return None
-  if not isinstance(value, str) or not value:
-    _fail(field, value, f'must be a non-empty string{" or None" if optional else ""}')
-  return value
+  return tc.Spec('string', optional=optional).coerce(field, _get(config, field))
 
 
 def _sequence(config, field: str, *, integer=False, low=None, low_open=False,
               min_len=1) -> tuple:
-  """A tuple or list of finite numbers, each >= low (> low if low_open)."""
+  """A tuple or list of at least ``min_len`` finite numbers (integers if ``integer``),
+  each >= low (> low if low_open)."""
   value = _get(config, field)
   kind = 'integers' if integer else 'numbers'
   bound = '' if low is None else f' {">" if low_open else ">="} {low}'
-  what = f'must be a tuple of at least {min_len} {kind}{bound}'
-  if not isinstance(value, (tuple, list)) or len(value) < min_len:
-    _fail(field, value, what)
-  for v in value:
-    if not _is_number(v, integer) or not math.isfinite(v) or (
-        low is not None and (v < low or (low_open and v == low))):
-      _fail(field, value, what)
+  if not isinstance(value, (tuple, list)) or len(value) < min_len or not all(
+      _is_number(v, integer) and math.isfinite(v) and tc.in_bounds(v, low, None, low_open)
+      for v in value):
+    _fail(field, value, f'must be a tuple of at least {min_len} {kind}{bound}')
   return tuple(value)
 
 
@@ -157,7 +151,7 @@ def _validate_data(config) -> None:
       _fail('dataset.idx_dir', idx_dir, f'{name} needs the directory of the four IDX files')
     if not os.path.isdir(os.path.expanduser(idx_dir)):
       _fail('dataset.idx_dir', idx_dir, 'directory does not exist')
-  _choice(config, 'partition.kind', data_lib.PARTITION_KINDS)
+  _choice(config, 'partition.kind', data_lib.PARTITIONS.names())
   _number(config, 'partition.alpha', low=0, low_open=True)
   _number(config, 'partition.classes_per_device', low=1, integer=True)
   _number(config, 'partition.quantity_alpha', low=0, low_open=True)
@@ -182,44 +176,9 @@ def _validate_profile(config, n: int) -> None:
   _number(config, 'profile.sigma', low=0)
   _number(config, 'profile.seconds_per_step', low=0, low_open=True)
   _number(config, 'profile.jitter_sigma', low=0)
-  _number(config, 'profile.speed_ema', low=0, high=1, high_open=True)
   _number(config, 'profile.bandwidth_mbps', low=0, low_open=True)
   _number(config, 'profile.latency_s', low=0)
   _number(config, 'profile.bytes_per_param', low=1, integer=True)
-
-
-def _validate_faults(config, n: int) -> None:
-  _number(config, 'faults.p_drop', low=0, high=1, high_open=True)
-  _number(config, 'faults.p_sync_fail', low=0, high=1, high_open=True)
-  trace = _get(config, 'faults.down_trace')
-  rows_ok = isinstance(trace, (tuple, list)) and all(
-      isinstance(row, (tuple, list)) and len(row) == 3 and all(_is_number(v, True) for v in row)
-      for row in trace)
-  if not rows_ok:
-    _fail('faults.down_trace', trace,
-          'must be a tuple of (device, first_cycle, end_cycle) rows of integers')
-  try:
-    faults.parse_down_trace(tuple(tuple(row) for row in trace), n)
-  except ValueError as e:
-    _fail('faults.down_trace', trace, str(e))
-
-
-def _validate_engine(config, n: int) -> None:
-  _number(config, 'engine.num_buckets', low=1, integer=True)
-  _number(config, 'engine.bucket_mib', low=0, optional=True)  # 0: no limit
-  shards = _number(config, 'engine.mesh_shards', low=0, integer=True)
-  if shards and n % shards:
-    divisors = [s for s in range(1, n + 1) if n % s == 0]
-    _fail('engine.mesh_shards', shards, f'num_devices={n} must be a multiple of it: use a '
-          f'divisor of {n} ({divisors}), or 0 for all accelerators')
-  distributed = _bool(config, 'engine.distributed')
-  _string(config, 'engine.coordinator_address', optional=True)
-  processes = _number(config, 'engine.num_processes', low=1, integer=True, optional=True)
-  process_id = _number(config, 'engine.process_id', low=0, integer=True, optional=True)
-  if processes is not None and process_id is not None and process_id >= processes:
-    _fail('engine.process_id', process_id, f'must be < engine.num_processes={processes}')
-  if not distributed and (processes or 1) > 1:
-    _fail('engine.num_processes', processes, 'needs engine.distributed=True')
 
 
 _EXTRA_STEPS = re.compile(r'^\s*([\w/]+)\s*=\s*\d+(\s*,\s*\d+)*\s*,?\s*$')
@@ -266,24 +225,29 @@ def _validate_compare(config, algorithms: Sequence[str]) -> None:
       _bool(config, f'compare.{name}')
 
 
-def validate(config, *, algorithms: Sequence[str] = ('hadfl',)) -> None:
+def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
   """Checks every field of a run config.
 
   Args:
     config: the run's ConfigDict (see ``configs/default.py`` for all fields).
-    algorithms: the algorithm names that may be run.
+    algorithms: the algorithm names that may be run (default: every registered one,
+      after ``config.imports`` are imported).
 
   Raises:
     ConfigError: naming the first invalid field, its value and what is allowed.
   """
   if not hasattr(config, 'keys'):
     raise ConfigError(f'config must be a ConfigDict, got {type(config).__name__}')
+  import_modules(config)
+  if algorithms is None:
+    algorithms = algorithms_lib.names()
   _number(config, 'seed', low=0, high=2**31 - 1, integer=True)
-  _choice(config, 'algorithm', algorithms)
+  name = _choice(config, 'algorithm', algorithms)
   _validate_data(config)
 
   n = _number(config, 'num_devices', low=1, integer=True)
-  _choice(config, 'model', models_lib.MODELS)
+  _choice(config, 'model', models_lib.MODELS.names())
+  _choice(config, 'loss', task_lib.LOSSES.names())
   _number(config, 'batch_size', low=1, integer=True)
 
   _choice(config, 'optimizer.name', optim.OPTIMIZERS)
@@ -293,33 +257,14 @@ def validate(config, *, algorithms: Sequence[str] = ('hadfl',)) -> None:
 
   _validate_profile(config, n)
 
-  # HADFL.
-  rho = _number(config, 'hadfl.rho', low=0, high=1, low_open=True)
-  k = selection.group_size(rho, n)
-  if k > n:
-    _fail('hadfl.rho', rho, f'gives K = max(2, round(rho * N)) = {k} > N = {n} '
-          '(num_devices): a sync needs at least two devices')
-  _choice(config, 'hadfl.selection', selection.SELECTION_KINDS)
-  _choice(config, 'hadfl.weights', mixing.WEIGHT_KINDS)
-  _choice(config, 'hadfl.opt_state', hadfl_lib.OPT_STATE_KINDS)
-  _number(config, 'hadfl.t_local', low=0, low_open=True)
-  _number(config, 'hadfl.h_cap', low=1, integer=True)
-
-  # Baselines, the comparison and the engine (configs without a block use defaults).
-  if 'baselines' in config:
-    from hadfl_jax.algorithms import baselines as baselines_lib  # pylint: disable=g-import-not-at-top
-    from hadfl_jax.algorithms import graphs  # pylint: disable=g-import-not-at-top
-    _number(config, 'baselines.local_steps', low=1, integer=True)
-    _number(config, 'baselines.ddp_steps', low=1, integer=True)
-    _number(config, 'baselines.fedavg_fraction', low=0, high=1, low_open=True)
-    _choice(config, 'baselines.graph', graphs.GRAPH_KINDS)
-    _choice(config, 'baselines.opt_state', baselines_lib.OPT_STATE_KINDS)
+  # The typed sections check themselves; then what needs N.
+  algorithm_config(config, name).check_devices(n, f'{name}.')
+  faults_config(config).check_devices(n, 'faults.')
+  engine_config(config).check_devices(n, 'engine.')
   if 'compare' in config:
     _validate_compare(config, algorithms)
-  if 'engine' in config:
-    _validate_engine(config, n)
-
-  _validate_faults(config, n)
+    for other in config.compare.get('algorithms', ()):
+      algorithm_config(config, other).check_devices(n, f'{other}.')
 
   # The run.
   _number(config, 'num_cycles', low=1, integer=True)
@@ -332,6 +277,20 @@ def validate(config, *, algorithms: Sequence[str] = ('hadfl',)) -> None:
   _number(config, 'target_accuracy', low=0, high=1, low_open=True)
   _bool(config, 'stop_at_target')
   _number(config, 'checkpoint_every', low=0, integer=True)
+
+
+def resolve(config):
+  """A validated copy of ``config`` whose typed sections are complete: the active
+  algorithm's, ``engine`` and ``faults`` with every field (absent ones at their declared
+  defaults). What a run records (``config.json``) and what its resume check and run
+  cache compare."""
+  validate(config)
+  resolved = copy.deepcopy(config)
+  with resolved.unlocked():
+    resolved[config.algorithm] = algorithm_config(config).to_config_dict()
+    resolved.engine = engine_config(config).to_config_dict()
+    resolved.faults = faults_config(config).to_config_dict()
+  return resolved
 
 
 def validate_against_data(config, num_examples: int, num_classes: int) -> None:

@@ -7,8 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from hadfl_jax.algorithms import baselines
+from hadfl_jax import algorithms
+from hadfl_jax import train
+from hadfl_jax import typed_config
 from hadfl_jax.algorithms import graphs
+from hadfl_jax.core import faults
 from hadfl_jax.core import local
 from tests import fixtures
 
@@ -16,9 +19,14 @@ from tests import fixtures
 N = 4
 
 
-def setup(name, optimizer=None, **kw):
+BASELINES = ('ddp', 'dfedavg', 'fedavg', 'dpsgd')
+
+
+def setup(name, optimizer=None, p_drop=0.0, down_trace=(), jitter_sigma=0.0, **kw):
   problem, data = fixtures.make_tiny_problem(optimizer=optimizer or optax.sgd(0.1))
-  algo = baselines.make_baseline(name, problem, baselines.BaselineOptions(**kw))
+  problem = problem.replace(faults=faults.FaultsConfig(p_drop=p_drop, down_trace=down_trace),
+                            profile=problem.profile._replace(jitter_sigma=jitter_sigma))
+  algo = algorithms.build(name, problem, kw)
   return problem, data, algo, algo.init(jax.random.PRNGKey(3))
 
 
@@ -58,7 +66,7 @@ def test_dfedavg_round_by_hand():
 
 
 def test_ddp_steps_by_hand():
-  problem, data, algo, state = setup('ddp', ddp_steps=2)
+  problem, data, algo, state = setup('ddp', steps_per_cycle=2)
   new, info = jax.jit(algo.cycle)(state, data)
   grad = local.make_device_grad(problem.model.apply, problem.batch_size)
   params, opt_state = problem.init_params, problem.optimizer.init(problem.init_params)
@@ -79,11 +87,11 @@ def test_ddp_steps_by_hand():
 
 
 def test_fedavg_round_by_hand():
-  problem, data, algo, state = setup('fedavg', local_steps=2, fedavg_fraction=0.5,
+  problem, data, algo, state = setup('fedavg', local_steps=2, fraction=0.5,
                                      opt_state='reset')
   new, info = jax.jit(algo.cycle)(state, data)
   chosen = np.flatnonzero(np.asarray(info.synced_N))
-  assert len(chosen) == 2 == algo.k
+  assert len(chosen) == 2 == algorithms.fedavg.num_clients(algo.config, N)
   opt0 = problem.optimizer.init(problem.init_params)
   trained = {i: local_steps_by_hand(problem, data, state.devices, i, problem.init_params, opt0,
                                     0, 2)[0] for i in chosen}
@@ -129,7 +137,7 @@ def test_down_device_is_left_alone():
   assert float(info.cycle_time) == pytest.approx(2 / 20 + ring_time(3, m), rel=1e-5)
 
 
-@pytest.mark.parametrize('name', baselines.BASELINES)
+@pytest.mark.parametrize('name', BASELINES)
 def test_cycles_never_retrace_and_learn(name):
   problem, data, algo, state = setup(name, optimizer=optax.sgd(0.1, momentum=0.9),
                                      p_drop=0.25, jitter_sigma=0.2)
@@ -149,12 +157,13 @@ def test_cycles_never_retrace_and_learn(name):
 
 
 def test_registry_and_options(quick_config):
-  from hadfl_jax import algorithms
-  assert set(baselines.BASELINES) <= set(algorithms.ALGORITHMS)
+  assert set(BASELINES) <= set(algorithms.names())
   quick_config.algorithm = 'dpsgd'
-  quick_config.baselines.graph = 'exponential'
+  quick_config.dpsgd.graph = 'exponential'
   problem, _ = fixtures.make_tiny_problem(num_devices=8, speeds=tuple(range(1, 9)))
-  algo = algorithms.make_algorithm(quick_config, problem)
-  assert isinstance(algo, baselines.DPsgd) and algo.graph.kind == 'exponential'
-  with pytest.raises(ValueError, match='opt_state'):
-    baselines.make_baseline('dfedavg', problem, baselines.BaselineOptions(opt_state='x'))
+  algo = train.build_algorithm(quick_config, problem)
+  assert algo.name == 'dpsgd' and algo.config.graph == 'exponential'
+  with pytest.raises(typed_config.ConfigError, match=r"config\.dfedavg\.opt_state='x'"):
+    algorithms.build('dfedavg', problem, {'opt_state': 'x'})
+  with pytest.raises(typed_config.ConfigError, match=r'config\.fedavg\.fraction=0 is invalid'):
+    algorithms.fedavg.Config(fraction=0)

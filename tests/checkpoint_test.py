@@ -72,7 +72,7 @@ def copy_of(tmp_path):
 def test_checkpoint_holds_the_whole_state(finished, digits_data_dir):
   config = _config(digits_data_dir, num_cycles=9)
   setup = train.build_setup(config)
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  algorithm = train.build_algorithm(config, setup.problem)
   fresh = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   checkpoints = checkpoint.Checkpointer(str(finished))
   try:
@@ -185,11 +185,18 @@ def test_a_run_stopped_at_target_stays_stopped(digits_data_dir, tmp_path):
 
 
 def test_config_differences_ignore_resumable_fields():
-  saved = {'num_cycles': 6, 'checkpoint_every': 3, 'engine': {'num_buckets': 8},
-           'dataset': {'name': 'digits', 'data_dir': '/a'}, 'hadfl': {'rho': 0.5}}
-  current = {'num_cycles': 60, 'checkpoint_every': 0, 'engine': {'num_buckets': 1, 'new': 1},
-             'dataset': {'name': 'digits', 'data_dir': '/b'}, 'hadfl': {'rho': 0.5, 'extra': 2}}
+  saved = {'algorithm': 'hadfl', 'num_cycles': 6, 'checkpoint_every': 3,
+           'engine': {'num_buckets': 8}, 'dataset': {'name': 'digits', 'data_dir': '/a'},
+           'hadfl': {'rho': 0.5}, 'ddp': {'steps_per_cycle': 10}}
+  current = {'algorithm': 'hadfl', 'num_cycles': 60, 'checkpoint_every': 0,
+             'engine': {'num_buckets': 1, 'new': 1},
+             'dataset': {'name': 'digits', 'data_dir': '/b'}, 'hadfl': {'rho': 0.5, 'extra': 2},
+             'ddp': {'steps_per_cycle': 3}}
+  # Only the active algorithm's section counts: ddp's change is not a difference.
   assert checkpoint.config_differences(saved, current) == [
       'hadfl.extra: absent in the workdir, 2 now']
   assert checkpoint.config_differences(current, current) == []
+  as_ddp = lambda d: {**d, 'algorithm': 'ddp'}
+  assert checkpoint.config_differences(as_ddp(saved), as_ddp(current)) == [
+      'ddp.steps_per_cycle: 10 in the workdir, 3 now']
   assert issubclass(checkpoint.ResumeError, validation.ConfigError)

@@ -6,7 +6,9 @@ import os
 import pytest
 
 from configs import quick_compare
+from hadfl_jax import algorithms
 from hadfl_jax import compare
+from tests import fixtures
 
 
 @pytest.fixture
@@ -86,9 +88,18 @@ def test_grid_points(config):
   config.compare.local_steps = (3, 7)
   assert compare.grid_points(config, 'ddp') == [{'lr': 0.1}, {'lr': 0.2}]
   assert len(compare.grid_points(config, 'hadfl')) == 4
-  cfg = compare.apply_point(config, 'hadfl', {'lr': 0.1, 'h': 7}, None)
-  assert cfg.hadfl.t_local == pytest.approx(7 * config.profile.seconds_per_step)
+  problem, _ = fixtures.make_tiny_problem()  # Speeds 10..40 steps/s: 25 ms per step.
+  cfg = compare.apply_point(config, 'hadfl', {'lr': 0.1, 'h': 7}, problem)
+  assert cfg.hadfl.t_local == pytest.approx(7 * 0.025)
   assert cfg.optimizer.learning_rate == 0.1
+  cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.2, 'h': 3, 'dfedavg.opt_state': 'keep'},
+                            problem)
+  assert (cfg.dfedavg.local_steps, cfg.dfedavg.opt_state) == (3, 'keep')
+  # DDP's cycles last about one evaluation interval of simulated time.
+  config.compare.eval_interval_s = 1.0
+  cfg = compare.apply_point(config, 'ddp', {'lr': 0.1}, problem)
+  steps = cfg.ddp.steps_per_cycle
+  assert steps * algorithms.ddp.step_time(problem) == pytest.approx(1.0, rel=0.1)
 
 
 def test_cached_only_collects_finished_runs(config, tmp_path):

@@ -9,6 +9,29 @@ import pytest  # pylint: disable=g-import-not-at-top
 from tests import fixtures  # pylint: disable=g-import-not-at-top
 
 
+def _registries():
+  import hadfl_jax  # pylint: disable=g-import-not-at-top
+
+  return [hadfl_jax.ALGORITHMS, hadfl_jax.SELECTION_RULES, hadfl_jax.WEIGHT_RULES,
+          hadfl_jax.OPT_STATE_RULES, hadfl_jax.LOSSES, hadfl_jax.MODELS, hadfl_jax.PARTITIONS,
+          hadfl_jax.GRAPHS]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _registries_restored():
+  """What a test module registers (a plugin, the docs' examples) is gone after it."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  before = [(r, r.snapshot()) for r in _registries()]
+  plugins = set(sys.modules)
+  yield
+  for registry, snapshot in before:
+    registry.restore(snapshot)
+  for name in set(sys.modules) - plugins:
+    if name.startswith('tests.plugin'):
+      del sys.modules[name]  # Imported again, it registers again.
+
+
 @pytest.fixture
 def tiny_problem():
   return fixtures.make_tiny_problem()

@@ -128,5 +128,5 @@ def test_huge_learning_rate_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 def _initial_state(config):
   setup = train.build_setup(config)
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  algorithm = train.build_algorithm(config, setup.problem)
   return algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))

@@ -13,7 +13,7 @@ from hadfl_jax import algorithms
 from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax.algorithms import hadfl
-from hadfl_jax.core import local
+from hadfl_jax.core import engine as engine_lib
 from tests import fixtures
 
 
@@ -24,12 +24,12 @@ def _device(tree, i):
 def test_faults_never_overwrite_a_devices_progress():
   problem, data = fixtures.make_tiny_problem(num_devices=8, speeds=(1, 1, 2, 2, 3, 3, 4, 4),
                                              counts=[5, 6, 7, 8, 9, 10, 11, 12])
-  options = hadfl.HadflOptions(rho=0.75, t_local=0.2, p_drop=0.3, p_sync_fail=0.3,
-                               down_trace=((0, 2, 5),))
-  algo = hadfl.Hadfl(problem, options)
-  cycle, plan_fn = jax.jit(algo.cycle), jax.jit(algo.plan)
-  train_only = jax.jit(lambda devices, budgets_N: local.masked_local_train(
-      algo._device_step, devices, data, budgets_N))  # pylint: disable=protected-access
+  algo, problem = fixtures.make_hadfl(problem, rho=0.75, t_local=0.2, p_drop=0.3,
+                                      p_sync_fail=0.3, down_trace=((0, 2, 5),))
+  cycle = jax.jit(algo.cycle)
+  plan_fn = jax.jit(lambda state: hadfl.plan(problem, algo.config, state))
+  trainer = engine_lib.LocalTrainer(problem)
+  train_only = jax.jit(lambda devices, budgets_N: trainer(devices, data, budgets_N))
   n_N = np.asarray(problem.num_examples_N, np.float64)
   state = algo.init(jax.random.PRNGKey(5))
   seen = dict(down=0, failed_sync=0, partial_sync=0)
@@ -74,7 +74,7 @@ def test_many_devices_with_30_percent_down_still_converges(quick_config):
   config.engine.num_buckets = 1
   config.device_eval_examples = 100
   setup = train.build_setup(config)
-  algorithm = algorithms.make_algorithm(config, setup.problem)
+  algorithm = train.build_algorithm(config, setup.problem)
   evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
                                    config.eval_batch_size, config.device_eval_examples)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))

@@ -9,8 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hadfl_jax import algorithms
 from hadfl_jax import data as data_lib
 from hadfl_jax.algorithms import base
+from hadfl_jax.algorithms import hadfl
+from hadfl_jax.core import engine as engine_lib
+from hadfl_jax.core import faults
 from hadfl_jax.core import profiles
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -53,6 +57,27 @@ def make_tiny_problem(num_devices=4, speeds=(1.0, 2.0, 3.0, 4.0), optimizer=None
       profile=profile,
       num_examples_N=np.asarray(counts, np.int64),
       batch_size=batch_size,
+      input_shape=(4, 4, 1),
   )
   return problem, device_data
 
+
+
+def make_hadfl(problem, *, p_drop=0.0, p_sync_fail=0.0, down_trace=(), jitter_sigma=0.0,
+               num_buckets=1, bucket_mib=0.0, num_shards=1, weights='data', t_local=0.5,
+               **hadfl_options):
+  """HADFL on ``problem`` with faults, jitter and engine knobs given as keywords.
+
+  The defaults are the plain engine (one masked loop, one shard) and the spec's data
+  weights, which the hand-computed answers of the tests assume.
+
+  Returns:
+    ``(algorithm, problem)``: the problem with the faults and the jitter in it.
+  """
+  problem = problem.replace(
+      faults=faults.FaultsConfig(p_drop=p_drop, p_sync_fail=p_sync_fail, down_trace=down_trace),
+      profile=problem.profile._replace(jitter_sigma=jitter_sigma))
+  config = hadfl.Config(weights=weights, t_local=t_local, **hadfl_options)
+  engine = engine_lib.EngineConfig(num_buckets=num_buckets, bucket_mib=bucket_mib,
+                                   mesh_shards=num_shards)
+  return algorithms.build('hadfl', problem, config, engine), problem

@@ -9,7 +9,7 @@ from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import mixing
 
 
-@pytest.mark.parametrize('kind', graphs.GRAPH_KINDS)
+@pytest.mark.parametrize('kind', graphs.GRAPHS.names())
 @pytest.mark.parametrize('n', [2, 3, 4, 8, 12, 16])
 def test_mh_weights_symmetric_doubly_stochastic(kind, n):
   g = graphs.make_graph(kind, n)
@@ -35,7 +35,7 @@ def test_ring_spectral_gap_by_hand():
   expected = 1 - (1 / 3 + 2 / 3 * np.cos(2 * np.pi / 8))
   assert graphs.describe(graphs.make_graph('ring', 8))['spectral_gap'] == pytest.approx(expected)
   # Better connected graphs mix faster.
-  gaps = [graphs.describe(graphs.make_graph(k, 16))['spectral_gap'] for k in graphs.GRAPH_KINDS]
+  gaps = [graphs.describe(graphs.make_graph(k, 16))['spectral_gap'] for k in graphs.GRAPHS.names()]
   assert gaps[0] < gaps[1] < gaps[2]
 
 

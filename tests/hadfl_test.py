@@ -9,30 +9,31 @@ import pytest
 
 from hadfl_jax.algorithms import hadfl
 from hadfl_jax.algorithms import reference
+from hadfl_jax.core import engine as engine_lib
 from tests import fixtures
 
 
 def run_both(options, cycles=3, problem_kw=None):
   problem, data = fixtures.make_tiny_problem(**(problem_kw or {}))
-  algo = hadfl.Hadfl(problem, options)
+  algo, problem = fixtures.make_hadfl(problem, **options)
   state = algo.init(jax.random.PRNGKey(7))
   ref_state = state
   cycle = jax.jit(algo.cycle)
   for _ in range(cycles):
     state, info = cycle(state, data)
-    ref_state, ref_info = reference.reference_cycle(algo, ref_state, data)
+    ref_state, ref_info = reference.reference_cycle(problem, algo.config, ref_state, data)
     chex.assert_trees_all_close(jax.device_get(state), ref_state, rtol=2e-5, atol=2e-6)
     chex.assert_trees_all_close(jax.device_get(info), ref_info, rtol=2e-5, atol=2e-6)
   return algo, state
 
 
 @pytest.mark.parametrize('options', [
-    hadfl.HadflOptions(t_local=0.3),
-    hadfl.HadflOptions(rho=0.75, selection='speed', weights='steps', opt_state='keep', t_local=0.2),
-    hadfl.HadflOptions(selection='staleness', weights='version', opt_state='reset', t_local=0.25),
-    hadfl.HadflOptions(rho=1.0, selection='uniform', weights='uniform', t_local=0.2, h_cap=4),
-    hadfl.HadflOptions(p_drop=0.3, p_sync_fail=0.3, rho=1.0, t_local=0.2,
-                       jitter_sigma=0.3, speed_ema=0.5, down_trace=((0, 1, 2),)),
+    dict(t_local=0.3),
+    dict(rho=0.75, selection='speed', weights='steps', opt_state='keep', t_local=0.2),
+    dict(selection='staleness', weights='version', opt_state='reset', t_local=0.25),
+    dict(rho=1.0, selection='uniform', weights='uniform', t_local=0.2, h_cap=4),
+    dict(p_drop=0.3, p_sync_fail=0.3, rho=1.0, t_local=0.2,
+         jitter_sigma=0.3, speed_ema=0.5, down_trace=((0, 1, 2),)),
 ], ids=['defaults', 'speed-steps-keep', 'staleness-version-reset', 'all-uniform-capped',
         'faults-jitter'])
 def test_engine_matches_python_loop_reference(options):
@@ -40,12 +41,12 @@ def test_engine_matches_python_loop_reference(options):
 
 
 def test_engine_matches_reference_with_adam():
-  run_both(hadfl.HadflOptions(t_local=0.2), problem_kw=dict(optimizer=optax.adam(1e-2)))
+  run_both(dict(t_local=0.2), problem_kw=dict(optimizer=optax.adam(1e-2)))
 
 
 def test_cycle_never_retraces():
   problem, data = fixtures.make_tiny_problem()
-  algo = hadfl.Hadfl(problem, hadfl.HadflOptions(t_local=0.3, jitter_sigma=0.5, p_drop=0.2))
+  algo, _ = fixtures.make_hadfl(problem, t_local=0.3, jitter_sigma=0.5, p_drop=0.2)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -66,7 +67,7 @@ def test_cycle_by_hand():
   # Speeds 10, 20, 30, 40 steps/s; t_local 0.3 s; rho = 0.5 -> K = 2. The tiny model has
   # 4*4*5 + 5 + 5*3 + 3 = 103 parameters: M = 412 bytes; links 1e5 B/s, latency 10 ms.
   problem, data = fixtures.make_tiny_problem()
-  algo = hadfl.Hadfl(problem, hadfl.HadflOptions(t_local=0.3))
+  algo, _ = fixtures.make_hadfl(problem, t_local=0.3)
   state = algo.init(jax.random.PRNGKey(1))
   assert problem.model_bytes == 412
   state, info = jax.jit(algo.cycle)(state, data)
@@ -95,7 +96,7 @@ def test_cycle_by_hand():
 
 def test_full_sync_reaches_consensus():
   problem, data = fixtures.make_tiny_problem()
-  algo = hadfl.Hadfl(problem, hadfl.HadflOptions(rho=1.0, t_local=0.3))
+  algo, _ = fixtures.make_hadfl(problem, rho=1.0, t_local=0.3)
   state, _ = jax.jit(algo.cycle)(algo.init(jax.random.PRNGKey(2)), data)
   for leaf in jax.tree.leaves(state.devices.params):
     np.testing.assert_allclose(leaf, np.broadcast_to(leaf[0], leaf.shape), rtol=1e-6, atol=1e-7)
@@ -106,7 +107,7 @@ def test_full_sync_reaches_consensus():
 
 def test_down_device_keeps_its_model_and_is_never_selected():
   problem, data = fixtures.make_tiny_problem()
-  algo = hadfl.Hadfl(problem, hadfl.HadflOptions(rho=1.0, t_local=0.3, down_trace=((2, 1, 4),)))
+  algo, _ = fixtures.make_hadfl(problem, rho=1.0, t_local=0.3, down_trace=((2, 1, 4),))
   cycle = jax.jit(algo.cycle)
   state, _ = cycle(algo.init(jax.random.PRNGKey(3)), data)
   snapshot = jax.tree.map(lambda x: np.asarray(x[2]), (state.devices.params, state.devices.opt_state))
@@ -126,13 +127,12 @@ def test_down_device_keeps_its_model_and_is_never_selected():
 
 def test_failed_sync_member_keeps_what_it_learned():
   problem, data = fixtures.make_tiny_problem()
-  options = hadfl.HadflOptions(rho=1.0, t_local=0.3, p_sync_fail=0.5)
-  algo = hadfl.Hadfl(problem, options)
+  algo, problem = fixtures.make_hadfl(problem, rho=1.0, t_local=0.3, p_sync_fail=0.5)
   state = algo.init(jax.random.PRNGKey(4))
   cycle = jax.jit(algo.cycle)
-  train = jax.jit(lambda devices, budgets: hadfl.local.masked_local_train(
-      algo._device_step, devices, data, budgets))  # pylint: disable=protected-access
-  plan_fn = jax.jit(algo.plan)
+  trainer = engine_lib.LocalTrainer(problem)
+  train = jax.jit(lambda devices, budgets: trainer(devices, data, budgets))
+  plan_fn = jax.jit(lambda state: hadfl.plan(problem, algo.config, state))
   seen_partial = False
   for _ in range(6):
     plan = jax.device_get(plan_fn(state))

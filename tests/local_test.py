@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hadfl_jax.algorithms import hadfl
 from hadfl_jax.algorithms import reference
+from hadfl_jax.core import engine as engine_lib
 from hadfl_jax.core import local
 from tests import fixtures
 
@@ -130,15 +130,16 @@ def test_hadfl_with_buckets_matches_reference():
   # plain-loop reference, with faults and jitter moving devices between buckets.
   problem, data = fixtures.make_tiny_problem()
   # TinyNet's working set: 3 x 824 B of parameters and momentum + 356 B of activations.
-  options = hadfl.HadflOptions(t_local=0.3, p_drop=0.25, jitter_sigma=0.3, speed_ema=0.5,
-                               num_buckets=2, bucket_mib=6000 / 2**20)
-  algo = hadfl.Hadfl(problem, options)
-  schedule = algo.schedule_for(data)
+  algo, problem = fixtures.make_hadfl(problem, t_local=0.3, p_drop=0.25, jitter_sigma=0.3,
+                                      speed_ema=0.5, num_buckets=2, bucket_mib=6000 / 2**20)
+  schedule = engine_lib.LocalTrainer(
+      problem, engine_lib.EngineConfig(num_buckets=2, bucket_mib=6000 / 2**20,
+                                       mesh_shards=1)).schedule_for(data.images.shape[2:])
   assert schedule.max_width == 2 and len(schedule.bucket_widths) == 2
   state = ref_state = algo.init(jax.random.PRNGKey(5))
   cycle = jax.jit(algo.cycle)
   for _ in range(3):
     state, info = cycle(state, data)
-    ref_state, ref_info = reference.reference_cycle(algo, ref_state, data)
+    ref_state, ref_info = reference.reference_cycle(problem, algo.config, ref_state, data)
     chex.assert_trees_all_close(jax.device_get(state), ref_state, rtol=2e-5, atol=2e-6)
     chex.assert_trees_all_close(jax.device_get(info), ref_info, rtol=2e-5, atol=2e-6)

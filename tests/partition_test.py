@@ -27,7 +27,7 @@ def _check_cover(parts, n):
     assert np.all(np.diff(p) > 0)
 
 
-@pytest.mark.parametrize('kind', data.PARTITION_KINDS)
+@pytest.mark.parametrize('kind', data.PARTITIONS.names())
 def test_cover_determinism_and_seed(kind):
   labels = _labels()
   parts = data.partition(labels, 20, kind, seed=3)
@@ -86,7 +86,7 @@ def test_quantity_skews_sizes_not_labels():
   assert np.abs(hist - 0.1).max() < 0.05
 
 
-@pytest.mark.parametrize('kind', data.PARTITION_KINDS)
+@pytest.mark.parametrize('kind', data.PARTITIONS.names())
 def test_min_examples_respected(kind):
   labels = _labels(1000)
   parts = data.partition(labels, 50, kind, seed=1, alpha=0.01, quantity_alpha=0.01,
@@ -136,7 +136,7 @@ def test_labels_must_be_integers():
     data.partition(np.zeros(10, np.float32), 2, 'iid', seed=0)
 
 
-@pytest.mark.parametrize('kind', data.PARTITION_KINDS)
+@pytest.mark.parametrize('kind', data.PARTITIONS.names())
 def test_ten_thousand_devices(kind):
   labels = _labels(60000)
   start = time.perf_counter()
@@ -152,7 +152,7 @@ def test_ten_thousand_devices(kind):
     n=st.integers(1, 300),
     num_classes=st.integers(1, 6),
     num_devices=st.integers(1, 40),
-    kind=st.sampled_from(data.PARTITION_KINDS),
+    kind=st.sampled_from(data.PARTITIONS.names()),
     min_examples=st.integers(1, 4),
     seed=st.integers(0, 2**31 - 1),
 )

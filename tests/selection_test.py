@@ -18,14 +18,16 @@ def test_group_size(rho, n, k):
 
 
 def test_scores_by_hand():
-  kw = dict(version_N=jnp.array([0.0, 3.0, 9.0]), speed_N=jnp.array([2.0, 4.0, 8.0]),
-            last_sync_N=jnp.array([-1, 4, 2]), cycle=5)
-  np.testing.assert_allclose(selection.selection_scores('version', **kw), [1, 4, 10])
-  np.testing.assert_allclose(selection.selection_scores('speed', **kw), [2, 4, 8])
-  np.testing.assert_allclose(selection.selection_scores('uniform', **kw), [1, 1, 1])
-  np.testing.assert_allclose(selection.selection_scores('staleness', **kw), [7, 2, 4])
-  with pytest.raises(ValueError, match='selection must be one of'):
-    selection.selection_scores('fastest', **kw)
+  x = selection.SelectionInputs(
+      version_N=jnp.array([0.0, 3.0, 9.0]), speed_N=jnp.array([2.0, 4.0, 8.0]),
+      last_sync_N=jnp.array([-1, 4, 2]), cycle=5, num_examples_N=jnp.array([5.0, 6.0, 7.0]))
+  np.testing.assert_allclose(selection.selection_scores('version', x), [1, 4, 10])
+  np.testing.assert_allclose(selection.selection_scores('speed', x), [2, 4, 8])
+  np.testing.assert_allclose(selection.selection_scores('uniform', x), [1, 1, 1])
+  np.testing.assert_allclose(selection.selection_scores('staleness', x), [7, 2, 4])
+  with pytest.raises(KeyError, match=r"unknown selection rule 'fastest'; registered: "
+                     r"\('version', 'speed', 'uniform', 'staleness'"):
+    selection.selection_scores('fastest', x)
 
 
 def exact_inclusion(q, k):

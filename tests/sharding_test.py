@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from hadfl_jax import sharding
-from hadfl_jax.algorithms import hadfl
 from tests import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,9 +27,8 @@ def _run_cycles(num_shards, num_buckets=1, mesh_shards=None, cycles=3):
   """HADFL on a tiny 8-device problem, the device axis over ``mesh_shards`` devices."""
   problem, data = fixtures.make_tiny_problem(num_devices=8, speeds=SPEEDS_8,
                                              counts=[5 + i for i in range(8)])
-  options = hadfl.HadflOptions(t_local=0.3, p_drop=0.2, jitter_sigma=0.3,
-                               num_buckets=num_buckets, num_shards=num_shards)
-  algo = hadfl.Hadfl(problem, options)
+  algo, _ = fixtures.make_hadfl(problem, t_local=0.3, p_drop=0.2, jitter_sigma=0.3,
+                                num_buckets=num_buckets, num_shards=num_shards)
   state = algo.init(jax.random.PRNGKey(3))
   mesh = sharding.make_mesh(mesh_shards or num_shards)
   cycle, state, data = sharding.shard_cycle(algo.cycle, state, data, mesh, 8)
@@ -89,7 +87,7 @@ def test_single_device_mesh_matches_plain_jit():
   state, infos, _ = _run_cycles(num_shards=1, cycles=2)
   problem, data = fixtures.make_tiny_problem(num_devices=8, speeds=SPEEDS_8,
                                              counts=[5 + i for i in range(8)])
-  algo = hadfl.Hadfl(problem, hadfl.HadflOptions(t_local=0.3, p_drop=0.2, jitter_sigma=0.3))
+  algo, _ = fixtures.make_hadfl(problem, t_local=0.3, p_drop=0.2, jitter_sigma=0.3)
   ref, cycle = algo.init(jax.random.PRNGKey(3)), jax.jit(algo.cycle)
   for i in range(2):
     ref, info = cycle(ref, data)
@@ -111,7 +109,7 @@ def test_uneven_split_is_a_clear_error():
     sharding.check_divisible(10, 4)
   problem, _ = fixtures.make_tiny_problem(num_devices=4)
   with pytest.raises(ValueError, match='cannot be split evenly over 3'):
-    hadfl.Hadfl(problem, hadfl.HadflOptions(num_shards=3))
+    fixtures.make_hadfl(problem, num_shards=3)
   with pytest.raises(ValueError, match='mesh_shards=99'):
     sharding.make_mesh(99)
 

@@ -119,10 +119,10 @@ def test_command_line(digits_data_dir, tmp_path):
 
 def test_eval_schedule_in_cycles_and_in_simulated_seconds(quick_config):
   quick_config.eval_every = 3
-  cycles = train.EvalSchedule(quick_config, [])
+  cycles = train.EvalSchedule.from_config(quick_config, [])
   assert [c for c in range(1, 10) if cycles.due(c, 0.0)] == [3, 6, 9]
   quick_config.eval_interval_s, quick_config.eval_growth = 1.0, 0.5
-  sim = train.EvalSchedule(quick_config, [])
+  sim = train.EvalSchedule.from_config(quick_config, [])
   due = []
   for t in (0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2, 3.6, 4.0, 4.4):
     if sim.due(0, t):
@@ -131,5 +131,5 @@ def test_eval_schedule_in_cycles_and_in_simulated_seconds(quick_config):
   # Next point after t: max(t + 1, 1.5 t): 1.2 -> 2.2, 2.4 -> 3.6, 3.6 -> 5.4.
   assert due == [1.2, 2.4, 3.6]
   # A resumed run continues the schedule from its last evaluation.
-  resumed = train.EvalSchedule(quick_config, [{'sim_time_s': 2.4}])
+  resumed = train.EvalSchedule.from_config(quick_config, [{'sim_time_s': 2.4}])
   assert not resumed.due(0, 3.5) and resumed.due(0, 3.6)

@@ -2,8 +2,11 @@
 
 Property-based (hypothesis): one field of a valid config is set to a random invalid value
 (or removed), and the run must fail in the validator with a :class:`ConfigError` that
-names that field. Random valid small configs must run end to end. The invalid values are
-written here per field, by hand, independently of the validator.
+names that field. Random valid small configs must run end to end. The invalid values of
+the plain fields are written here per field, by hand, independently of the validator;
+those of the typed sections (every algorithm's, ``engine``, ``faults``) are drawn from the
+bounds their classes declare (:func:`hadfl_jax.typed_config.specs`), plus the
+cross-field cases (a mesh that does not divide N, a trace naming a device beyond N).
 """
 
 import gzip
@@ -23,7 +26,11 @@ from hadfl_jax import algorithms
 from hadfl_jax import data as data_lib
 from hadfl_jax import models
 from hadfl_jax import train
+from hadfl_jax import typed_config
 from hadfl_jax import validation
+from hadfl_jax.core import engine as engine_lib
+from hadfl_jax.core import faults as faults_lib
+from hadfl_jax.core import task as task_lib
 from hadfl_jax.data import idx
 from tests import compile_cache
 from tests import fixtures
@@ -80,22 +87,61 @@ _NOT_BOOLS = st.one_of(st.integers(0, 1), st.text(max_size=3), st.none())
 _NOT_STRINGS = st.one_of(st.just(''), st.integers(), st.lists(st.text(max_size=2), max_size=2))
 _NOT_OPTIONAL_STRINGS = st.one_of(st.just(''), st.integers(), st.floats(allow_nan=False))
 
+_NOT_ROWS = st.one_of(st.integers(), st.text(min_size=1, max_size=3), st.just(((0, 1.5, 3),)),
+                      st.tuples(st.tuples(st.integers(0, N - 1), st.integers(0, 5))))
+
+
+def _from_spec(spec: typed_config.Spec):
+  """Invalid values for a field of a typed section, from its declared spec."""
+  if spec.kind in ('number', 'integer'):
+    values = _numbers(spec.low, spec.high, spec.low_open, spec.high_open,
+                      integer=spec.kind == 'integer')
+    return values.filter(lambda v: v is not None) if spec.optional else values
+  if spec.kind == 'choice':
+    return _names(spec.allowed_choices())
+  if spec.kind == 'boolean':
+    return _NOT_BOOLS
+  if spec.kind == 'string':
+    return _NOT_OPTIONAL_STRINGS if spec.optional else _NOT_STRINGS
+  if spec.kind == 'rows':
+    return _NOT_ROWS
+  raise AssertionError(f'no invalid values for {spec}')
+
+
+TYPED_SECTIONS = [(name, algorithms.ALGORITHMS.get(name).Config) for name in algorithms.names()
+                  ] + [('engine', engine_lib.EngineConfig), ('faults', faults_lib.FaultsConfig)]
+# Values each field allows alone that the config's other fields refuse.
+CROSS_FIELD = {
+    'engine.mesh_shards': st.integers(1, 64).filter(lambda s: N % s),
+    'engine.num_processes': st.integers(2, 9),  # Needs engine.distributed.
+    'faults.down_trace': st.one_of(
+        st.tuples(st.tuples(st.integers(N, 100), st.integers(0, 5), st.integers(6, 9))),
+        st.tuples(st.tuples(st.integers(-5, -1), st.integers(0, 5), st.integers(6, 9))),
+        st.tuples(st.tuples(st.integers(0, N - 1), st.integers(-5, -1), st.integers(0, 9))),
+        st.tuples(st.tuples(st.integers(0, N - 1), st.integers(3, 9), st.integers(0, 3)))),
+}
+TYPED = {field: st.one_of(_from_spec(spec), *([CROSS_FIELD[field]] if field in CROSS_FIELD else []))
+         for field, spec in typed_config.iter_specs(TYPED_SECTIONS)}
+
 INVALID = {
     'seed': _numbers(low=0, high=2**31 - 1, integer=True),
-    'algorithm': _names(algorithms.ALGORITHMS),
+    'algorithm': _names(algorithms.names()),
+    'imports': st.one_of(st.just(('no_such_module_for_hadfl',)), st.integers(),
+                         st.just(('',))),
+    'loss': _names(task_lib.LOSSES.names()),
     'dataset.name': st.one_of(st.sampled_from(['no_such_dataset', 'mnist_idxx', 'digit']),
                               st.integers(), st.none()),
     'dataset.train_split': _NOT_STRINGS,
     'dataset.test_split': _NOT_STRINGS,
     'dataset.data_dir': _NOT_OPTIONAL_STRINGS,
     'dataset.idx_dir': _NOT_OPTIONAL_STRINGS,
-    'partition.kind': _names(data_lib.PARTITION_KINDS),
+    'partition.kind': _names(data_lib.PARTITIONS.names()),
     'partition.alpha': _numbers(low=0, low_open=True),
     'partition.classes_per_device': _numbers(low=1, integer=True),
     'partition.quantity_alpha': _numbers(low=0, low_open=True),
     'partition.min_examples': _numbers(low=1, integer=True),
     'num_devices': _numbers(low=1, integer=True),
-    'model': _names(models.MODELS),
+    'model': _names(models.MODELS.names()),
     'batch_size': _numbers(low=1, integer=True),
     'optimizer.name': _names(('sgd', 'momentum', 'adam')),
     'optimizer.learning_rate': _numbers(low=0, low_open=True),
@@ -112,24 +158,12 @@ INVALID = {
     'profile.sigma': _numbers(low=0),
     'profile.seconds_per_step': _numbers(low=0, low_open=True),
     'profile.jitter_sigma': _numbers(low=0),
-    'profile.speed_ema': _numbers(low=0, high=1, high_open=True),
     'profile.bandwidth_mbps': _numbers(low=0, low_open=True),
     'profile.latency_s': _numbers(low=0),
     'profile.bytes_per_param': _numbers(low=1, integer=True),
-    'hadfl.rho': _numbers(low=0, high=1, low_open=True),
-    'hadfl.selection': _names(('version', 'speed', 'uniform', 'staleness')),
-    'hadfl.weights': _names(('data', 'uniform', 'steps', 'version')),
-    'hadfl.opt_state': _names(('average', 'keep', 'reset')),
-    'hadfl.t_local': _numbers(low=0, low_open=True),
-    'hadfl.h_cap': _numbers(low=1, integer=True),
-    'baselines.local_steps': _numbers(low=1, integer=True),
-    'baselines.ddp_steps': _numbers(low=1, integer=True),
-    'baselines.fedavg_fraction': _numbers(low=0, high=1, low_open=True),
-    'baselines.graph': _names(('ring', 'torus', 'exponential')),
-    'baselines.opt_state': _names(('average', 'keep', 'reset')),
     'compare.algorithms': st.one_of(
         st.just(()), st.just(('hadfl', 'hadfl')), st.just(('hadfl', 'sgd')),
-        st.lists(st.text(max_size=5).filter(lambda s: s not in algorithms.ALGORITHMS),
+        st.lists(st.text(max_size=5).filter(lambda s: s not in algorithms.names()),
                  min_size=1, max_size=3), st.text(max_size=5), st.none()),
     'compare.learning_rates': st.one_of(
         st.just(()), st.lists(st.floats(max_value=0), min_size=1, max_size=3),
@@ -148,26 +182,6 @@ INVALID = {
     'compare.sweep': _NOT_BOOLS,
     'compare.ablation': _NOT_BOOLS,
     'compare.cached_only': _NOT_BOOLS,
-    'engine.num_buckets': _numbers(low=1, integer=True),
-    'engine.bucket_mib': st.one_of(st.floats(max_value=0, exclude_max=True), _NOT_NUMBERS
-                                   .filter(lambda v: v is not None), _NON_FINITE),
-    'engine.mesh_shards': st.one_of(_numbers(low=0, integer=True),
-                                    st.integers(1, 64).filter(lambda s: N % s)),
-    'engine.distributed': _NOT_BOOLS,
-    'engine.coordinator_address': _NOT_OPTIONAL_STRINGS,
-    'engine.num_processes': st.one_of(st.integers(max_value=0), st.integers(2, 9),
-                                      _NON_INTEGERS, st.text(max_size=2)),
-    'engine.process_id': st.one_of(st.integers(max_value=-1), _NON_INTEGERS,
-                                   st.text(max_size=2)),
-    'faults.p_drop': _numbers(low=0, high=1, high_open=True),
-    'faults.p_sync_fail': _numbers(low=0, high=1, high_open=True),
-    'faults.down_trace': st.one_of(
-        st.tuples(st.tuples(st.integers(N, 100), st.integers(0, 5), st.integers(6, 9))),
-        st.tuples(st.tuples(st.integers(-5, -1), st.integers(0, 5), st.integers(6, 9))),
-        st.tuples(st.tuples(st.integers(0, N - 1), st.integers(-5, -1), st.integers(0, 9))),
-        st.tuples(st.tuples(st.integers(0, N - 1), st.integers(3, 9), st.integers(0, 3))),
-        st.tuples(st.tuples(st.integers(0, N - 1), st.integers(0, 5))),
-        st.just(((0, 1.5, 3),)), st.integers(), st.text(min_size=1, max_size=3)),
     'num_cycles': _numbers(low=1, integer=True),
     'max_sim_time': _numbers(low=0),
     'eval_every': _numbers(low=1, integer=True),
@@ -178,6 +192,7 @@ INVALID = {
     'target_accuracy': _numbers(low=0, high=1, low_open=True),
     'stop_at_target': _NOT_BOOLS,
     'checkpoint_every': _numbers(low=0, integer=True),
+    **TYPED,
 }
 
 
@@ -203,8 +218,8 @@ def test_every_config_field_has_invalid_values_here():
 def test_the_default_configs_are_valid():
   from configs import quick_compare  # pylint: disable=g-import-not-at-top
 
-  validation.validate(_default(), algorithms=algorithms.ALGORITHMS)
-  validation.validate(quick_compare.get_config(), algorithms=algorithms.ALGORITHMS)
+  validation.validate(_default())
+  validation.validate(quick_compare.get_config())
 
 
 def _assert_refused_in_validator(config, field, workdir):
@@ -212,8 +227,8 @@ def _assert_refused_in_validator(config, field, workdir):
     train.train_and_evaluate(config, str(workdir))
   message = str(error.value)
   assert f'config.{field}' in message, message
-  # Raised by the validator itself, not from deep inside JAX or the data layer.
-  assert error.traceback[-1].path.name == 'validation.py'
+  # Raised by the validator or a typed section, not from deep inside JAX or the data layer.
+  assert error.traceback[-1].path.name in ('validation.py', 'typed_config.py')
   assert not workdir.exists()
   return message
 
@@ -228,16 +243,38 @@ def test_an_invalid_field_is_named_before_any_work(tmp_path_factory, data):
   assert 'is invalid' in message
 
 
-@pytest.mark.parametrize('field', sorted(f for f in INVALID if not f.startswith('compare.')))
+@pytest.mark.parametrize('field', sorted(
+    f for f in INVALID if not f.startswith('compare.') and f not in TYPED and f != 'imports'))
 def test_a_missing_field_is_named(tmp_path, field):
   message = _assert_refused_in_validator(_with(field, None, remove=True), field,
                                          tmp_path / 'run')
   assert 'is missing' in message
 
 
+def test_typed_sections_default_absent_fields_and_refuse_unknown_ones(tmp_path):
+  config = _with('hadfl.rho', None, remove=True)
+  validation.validate(config)
+  assert validation.algorithm_config(config).rho == algorithms.hadfl.Config().rho
+  message = _assert_refused_in_validator(_with('hadfl.rhoo', 0.5), 'hadfl.rhoo', tmp_path / 'r')
+  assert 'is not a field of hadfl_jax.algorithms.hadfl.Config' in message
+
+
+def test_python_misuse_gets_the_command_lines_message():
+  # The same typed Config from Python refuses what the command line refuses, in its words.
+  for kwargs, field in [(dict(rho=-1), 'rho'), (dict(t_local=-5), 't_local'),
+                        (dict(h_cap=0), 'h_cap'), (dict(selection='fastest'), 'selection')]:
+    with pytest.raises(typed_config.ConfigError) as from_python:
+      algorithms.hadfl.Config(**kwargs)
+    with pytest.raises(typed_config.ConfigError) as from_config:
+      validation.validate(_with(f'hadfl.{field}', kwargs[field]))
+    assert str(from_python.value) == str(from_config.value)
+    assert str(from_python.value).startswith(f'config.hadfl.{field}=')
+
+
 @pytest.mark.parametrize('field,value,allowed', [
     ('profile.speeds', (1.0, 2.0), r'needs one speed per device \(num_devices=8\), got 2'),
     ('hadfl.rho', 1.5, r'must be in \(0, 1\]'),
+    ('dpsgd.graph', 'star', "must be one of \\('ring', 'torus', 'exponential'\\)"),
     ('optimizer.learning_rate', -0.1, r'must be in \(0, inf\]'),
     ('partition.alpha', 0.0, r'must be in \(0, inf\]'),
     ('model', 'resnet', "must be one of \\('mlp'"),
@@ -332,11 +369,11 @@ def valid_configs(draw, data_dir):
   config.dataset.data_dir = data_dir
   n = draw(st.integers(2, 6), label='num_devices')
   config.num_devices = n
-  config.algorithm = draw(st.sampled_from(algorithms.ALGORITHMS))
+  config.algorithm = draw(st.sampled_from(algorithms.names()))
   # MLPs only: a CNN's compilation would dominate the test (models_test covers them).
   config.model = draw(st.sampled_from(['digits_mlp', 'small_mlp', 'mlp']))
   config.batch_size = draw(st.integers(1, 64))
-  kind = draw(st.sampled_from(data_lib.PARTITION_KINDS))
+  kind = draw(st.sampled_from(data_lib.PARTITIONS.names()))
   config.partition.kind = kind
   config.partition.alpha = draw(st.floats(0.05, 10))
   # Shards must cover the 10 classes: n * classes_per_device >= 10.
@@ -360,10 +397,11 @@ def valid_configs(draw, data_dir):
   config.hadfl.opt_state = draw(st.sampled_from(['average', 'keep', 'reset']))
   config.hadfl.t_local = draw(st.floats(0.005, 0.1))
   config.hadfl.h_cap = draw(st.integers(1, 20))
-  config.baselines.local_steps = draw(st.integers(1, 5))
-  config.baselines.ddp_steps = draw(st.integers(1, 5))
-  config.baselines.fedavg_fraction = draw(st.floats(0.01, 1))
-  config.baselines.graph = draw(st.sampled_from(['ring', 'torus', 'exponential']))
+  for name in ('dfedavg', 'fedavg', 'dpsgd'):
+    config[name].local_steps = draw(st.integers(1, 5))
+  config.ddp.steps_per_cycle = draw(st.integers(1, 5))
+  config.fedavg.fraction = draw(st.floats(0.01, 1))
+  config.dpsgd.graph = draw(st.sampled_from(['ring', 'torus', 'exponential']))
   config.faults.p_drop = draw(st.sampled_from([0.0, 0.3]))
   config.faults.p_sync_fail = draw(st.sampled_from([0.0, 0.3]))
   config.faults.down_trace = tuple(draw(st.lists(
@@ -390,7 +428,7 @@ def _cache(tmp_path_factory):
 @hypothesis.given(st.data())
 def test_a_valid_small_config_runs_end_to_end(digits_data_dir, tmp_path_factory, data):
   config = data.draw(valid_configs(digits_data_dir), label='config')
-  validation.validate(config, algorithms=algorithms.ALGORITHMS)
+  validation.validate(config)
   workdir = tmp_path_factory.mktemp('valid')
   summary = train.train_and_evaluate(config, str(workdir))
   assert summary['cycles'] == config.num_cycles

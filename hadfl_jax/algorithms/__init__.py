@@ -1,28 +1,27 @@
-"""Algorithms: HADFL and the baselines it is compared with, behind one interface.
+"""Algorithms: HADFL and the baselines it is measured against, one module each.
 
-See :mod:`hadfl_jax.algorithms.base` for the interface the run loop drives, and
-:mod:`hadfl_jax.algorithms.baselines` for the baselines' exact definitions.
+Each module exports ``Config``, ``make`` (and its ``State``) and registers itself in
+:data:`ALGORITHMS` (see :mod:`hadfl_jax.algorithms.base`). Adding one is a module of
+one's own with its ``register`` line; the built-ins are imported here, one line each.
 """
 
-from __future__ import annotations
-
 from hadfl_jax.algorithms import base
-from hadfl_jax.algorithms import baselines
-from hadfl_jax.algorithms import graphs
-from hadfl_jax.algorithms import hadfl
+from hadfl_jax.algorithms.base import ALGORITHMS
+from hadfl_jax.algorithms.base import Algorithm
+from hadfl_jax.algorithms.base import apply_grid_point
+from hadfl_jax.algorithms.base import build
+from hadfl_jax.algorithms.base import config_of
+from hadfl_jax.algorithms.base import GridContext
+from hadfl_jax.algorithms.base import grid_knobs
+from hadfl_jax.algorithms.base import names
+from hadfl_jax.algorithms.base import register
 
-ALGORITHMS = ('hadfl',) + baselines.BASELINES
+# The built-ins (each registers itself).
+from hadfl_jax.algorithms import hadfl  # isort: skip
+from hadfl_jax.algorithms import ddp  # isort: skip
+from hadfl_jax.algorithms import dfedavg  # isort: skip
+from hadfl_jax.algorithms import fedavg  # isort: skip
+from hadfl_jax.algorithms import dpsgd  # isort: skip
 
-
-def make_algorithm(config, problem: base.Problem) -> base.Algorithm:
-  """The algorithm named by ``config.algorithm``, with its options from the config.
-
-  ``hadfl`` reads ``config.hadfl``; the baselines (``ddp``, ``dfedavg``, ``fedavg``,
-  ``dpsgd``) read ``config.baselines``; all read ``config.faults`` and ``config.profile``.
-  """
-  if config.algorithm == 'hadfl':
-    return hadfl.Hadfl(problem, hadfl.HadflOptions.from_config(config))
-  if config.algorithm in baselines.BASELINES:
-    return baselines.make_baseline(config.algorithm, problem,
-                                   baselines.BaselineOptions.from_config(config))
-  raise ValueError(f'config.algorithm must be one of {ALGORITHMS}, got {config.algorithm!r}')
+__all__ = ['ALGORITHMS', 'Algorithm', 'GridContext', 'apply_grid_point', 'base', 'build',
+           'config_of', 'grid_knobs', 'names', 'register']

@@ -2,7 +2,7 @@
 
 Lian et al. 2017 ("Can Decentralized Algorithms Outperform Centralized Algorithms?",
 NeurIPS) average with neighbours on a fixed graph using a symmetric, doubly stochastic
-mixing matrix. This module builds the graphs of ``HADFL.md`` ("Baselines", D-PSGD) as
+mixing matrix. This module builds the graphs of ``docs/spec.md`` ("Baselines", D-PSGD) as
 padded neighbour lists and weights them by Metropolis-Hastings:
 
   W[i, j] = 1 / (1 + max(d_i, d_j))  for each edge {i, j},
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hadfl_jax.core import mixing
+from hadfl_jax.registry import Registry
 
-GRAPH_KINDS = ('ring', 'torus', 'exponential')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,33 +85,53 @@ def _torus_shape(n: int) -> tuple[int, int]:
   return rows, n // rows
 
 
+GRAPHS: Registry = Registry('gossip graph')
+
+
+@GRAPHS.register('ring')
+def ring(n: int) -> list[set[int]]:
+  return [{(i - 1) % n, (i + 1) % n} for i in range(n)]
+
+
+@GRAPHS.register('torus')
+def torus(n: int) -> list[set[int]]:
+  rows, cols = _torus_shape(n)
+  out = []
+  for i in range(n):
+    r, c = divmod(i, cols)
+    out.append({((r - 1) % rows) * cols + c, ((r + 1) % rows) * cols + c,
+                r * cols + (c - 1) % cols, r * cols + (c + 1) % cols})
+  return out
+
+
+@GRAPHS.register('exponential')
+def exponential(n: int) -> list[set[int]]:
+  out = [set() for _ in range(n)]
+  hop = 1
+  while hop < n:
+    for i in range(n):
+      out[i].update({(i + hop) % n, (i - hop) % n})
+    hop *= 2
+  return out
+
+
 def neighbour_sets(kind: str, num_devices: int) -> list[set[int]]:
-  """The neighbours of every device (self excluded) of a graph kind.
+  """The neighbours of every device (self excluded) of a graph registered in
+  :data:`GRAPHS` (a builder ``n -> list of N neighbour sets``; made undirected here).
 
   Raises:
-    ValueError: an unknown kind or fewer than one device.
+    ValueError: fewer than one device, or a builder's neighbour out of range.
+    KeyError: an unregistered kind.
   """
   n = num_devices
   if n < 1:
     raise ValueError(f'a graph needs at least one device, got {n}')
-  nbrs = [set() for _ in range(n)]
-  if kind == 'ring':
-    for i in range(n):
-      nbrs[i].update({(i - 1) % n, (i + 1) % n})
-  elif kind == 'torus':
-    rows, cols = _torus_shape(n)
-    for i in range(n):
-      r, c = divmod(i, cols)
-      nbrs[i].update({((r - 1) % rows) * cols + c, ((r + 1) % rows) * cols + c,
-                      r * cols + (c - 1) % cols, r * cols + (c + 1) % cols})
-  elif kind == 'exponential':
-    hop = 1
-    while hop < n:
-      for i in range(n):
-        nbrs[i].update({(i + hop) % n, (i - hop) % n})
-      hop *= 2
-  else:
-    raise ValueError(f'graph kind must be one of {GRAPH_KINDS}, got {kind!r}')
+  nbrs = [set(int(j) for j in s) for s in GRAPHS.get(kind)(n)]
+  if len(nbrs) != n or any(not 0 <= j < n for s in nbrs for j in s):
+    raise ValueError(f'graph {kind!r} must give {n} neighbour sets of indices in [0, {n})')
+  for i in range(n):
+    for j in list(nbrs[i]):
+      nbrs[j].add(i)
   for i in range(n):
     nbrs[i].discard(i)
   return nbrs

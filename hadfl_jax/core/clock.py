@@ -1,7 +1,7 @@
 """The simulated clock: communication and cycle times.
 
 All times are in simulated seconds and all sizes in bytes. Nothing here depends on how
-fast the machine running the simulation is (see ``HADFL.md``, "The simulated clock").
+fast the machine running the simulation is (see ``docs/spec.md``, "The simulated clock").
 
 Every function works on Python/NumPy scalars and on traced JAX arrays alike, so the same
 formulas serve the jitted engine, the baselines and the plain-Python reference.

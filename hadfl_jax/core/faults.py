@@ -1,4 +1,4 @@
-"""Device faults (``HADFL.md``, "One HADFL cycle", step 5).
+"""Device faults (``docs/spec.md``, "One HADFL cycle", step 5).
 
 A device is down in a cycle with probability ``p_drop``, or when a configured trace says
 so. A down device does no local steps and cannot be selected. A selected device can also
@@ -9,12 +9,38 @@ comes back resumes from its last model.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from hadfl_jax import typed_config as tc
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultsConfig(tc.Section):
+  """The fault model every algorithm runs under (``config.faults``)."""
+
+  SECTION = 'faults'
+
+  p_drop: float = tc.number(0.0, low=0, high=1, high_open=True,
+                            doc='probability that a device is down in a cycle')
+  p_sync_fail: float = tc.number(0.0, low=0, high=1, high_open=True,
+                                 doc='probability that a group member fails in a sync')
+  down_trace: tuple = tc.rows((), width=3, doc='(device, first_cycle, end_cycle) rows')
+
+  def check_devices(self, num_devices: int, prefix: str) -> None:
+    try:
+      parse_down_trace(self.down_trace, num_devices)
+    except ValueError as e:
+      tc.fail(prefix + 'down_trace', self.down_trace, str(e))
+
+  def trace(self, num_devices: int) -> np.ndarray:
+    """The down trace as an int32 (D, 3) array."""
+    return parse_down_trace(self.down_trace, num_devices)
 
 
 def parse_down_trace(trace: Sequence[Sequence[int]], num_devices: int) -> np.ndarray:

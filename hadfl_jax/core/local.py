@@ -1,6 +1,6 @@
 """Local training of all devices at once: one vmap inside one masked loop.
 
-``HADFL.md``, "One HADFL cycle", step 3: every device that is up runs its own number of
+``docs/spec.md``, "One HADFL cycle", step 3: every device that is up runs its own number of
 minibatch steps H_i. All devices run together, one ``jax.vmap`` over the stacked device
 axis inside a single ``lax.while_loop`` of ``max_i H_i`` iterations; device i's update
 is masked off with ``jnp.where`` once ``t >= H_i``. The trip count is a traced value, so
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hadfl_jax import data as data_lib
+from hadfl_jax.core import device_data as data_lib
+from hadfl_jax.core import task as task_lib
 
 PyTree = Any
 ApplyFn = Callable[..., jax.Array]
@@ -82,39 +83,36 @@ def init_devices(
   return build(key, init_params)
 
 
-def cross_entropy_loss(logits_BxC: jax.Array, labels_B: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels."""
-  chex.assert_rank([logits_BxC, labels_B], [2, 1])
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B).mean()
-
-
-def make_device_grad(apply_fn: ApplyFn, batch_size: int):
+def make_device_grad(apply_fn: ApplyFn, batch_size: int, task: task_lib.Task | None = None):
   """Returns ``grad(params, key, step, images_P, labels_P, count) -> (loss, grads)``.
 
-  One device's minibatch gradient: the batch is sampled from the device's own shard
-  with the key ``fold_in(key, step)``.
+  One device's minibatch gradient of the task's mean loss (default: softmax
+  cross-entropy): the batch is sampled from the device's own shard with the key
+  ``fold_in(key, step)``.
   """
+  task = task or task_lib.Task()
 
   def device_grad(params, key, step, images_P, labels_P, count):
     x_B, y_B = data_lib.sample_batch(
-        images_P, labels_P, count, jax.random.fold_in(key, step), batch_size
+        images_P, labels_P, count, jax.random.fold_in(key, step), batch_size, task.preprocess
     )
 
     def loss_fn(p):
-      return cross_entropy_loss(apply_fn({'params': p}, x_B), y_B)
+      return task.mean_loss(apply_fn({'params': p}, x_B), y_B)
 
     return jax.value_and_grad(loss_fn)(params)
 
   return device_grad
 
 
-def make_device_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, batch_size: int):
+def make_device_step(apply_fn: ApplyFn, optimizer: optax.GradientTransformation, batch_size: int,
+                     task: task_lib.Task | None = None):
   """Returns one device's local SGD step.
 
   ``step(params, opt_state, key, step, images_P, labels_P, count)
   -> (params, opt_state, loss)``.
   """
-  device_grad = make_device_grad(apply_fn, batch_size)
+  device_grad = make_device_grad(apply_fn, batch_size, task)
 
   def device_step(params, opt_state, key, step, images_P, labels_P, count):
     loss, grads = device_grad(params, key, step, images_P, labels_P, count)

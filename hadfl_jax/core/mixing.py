@@ -4,7 +4,7 @@ A decentralized aggregation step replaces the stacked device states ``x_N`` by `
 for a row-stochastic mixing matrix W. At scale W is never materialised. Two sparse forms
 cover every algorithm in the project:
 
-* :class:`GroupMixing`, HADFL's cycle (``HADFL.md`` step 4): the K devices of S_c all
+* :class:`GroupMixing`, HADFL's cycle (``docs/spec.md`` step 4): the K devices of S_c all
   receive the same weighted average ``sum_{j in S_c} a_j x_j``; everyone else keeps their
   model. W[i, j] = a_j for i, j in S_c, W[i, i] = 1 for i not in S_c, 0 elsewhere. It is
   applied by gather (K rows), one weighted sum and a scatter: O(K * M) work.
@@ -25,9 +25,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hadfl_jax.registry import Registry
+
 PyTree = Any
 
-WEIGHT_KINDS = ('data', 'uniform', 'steps', 'version')
+WEIGHTS: Registry = Registry('averaging weight rule')
+
+
+@flax.struct.dataclass
+class WeightInputs:
+  """What an averaging-weight rule may look at (after this cycle's local training).
+
+  Attributes:
+    num_examples_N: n_i, examples held by each device.
+    budgets_N: H_i, this cycle's local steps.
+    version_N: v_i after this cycle's local training.
+  """
+
+  num_examples_N: jax.Array
+  budgets_N: jax.Array
+  version_N: jax.Array
+
+
+WEIGHTS.register('data', lambda x: x.num_examples_N)
+WEIGHTS.register('uniform', lambda x: jnp.ones_like(x.num_examples_N))
+WEIGHTS.register('steps', lambda x: x.budgets_N)
+WEIGHTS.register('version', lambda x: x.version_N)
 
 
 @flax.struct.dataclass
@@ -64,11 +87,12 @@ class NeighbourMixing:
 
 
 def group_weights(kind: str, *, idx_K, valid_K, num_examples_N, budgets_N, version_N):
-  """Averaging weights a_j of the group members (``HADFL.md`` step 4, ``weights``).
+  """Averaging weights a_j of the group members (``docs/spec.md`` step 4, ``weights``).
 
   Args:
-    kind: ``data`` (a_j proportional to n_j), ``uniform``, ``steps`` (H_j, this cycle's
-      local steps) or ``version`` (v_j).
+    kind: a rule registered in :data:`WEIGHTS`: ``data`` (a_j proportional to n_j),
+      ``uniform``, ``steps`` (H_j, this cycle's local steps), ``version`` (v_j), or one
+      of one's own (a function of :class:`WeightInputs` giving raw weights (N,) >= 0).
     idx_K: group indices (invalid slots hold N).
     valid_K: bool mask of group members.
     num_examples_N: n_i, examples held by each device.
@@ -79,30 +103,26 @@ def group_weights(kind: str, *, idx_K, valid_K, num_examples_N, budgets_N, versi
     float32 weights, shape (K,), summing to 1 over the valid slots (0 elsewhere); if the
     chosen quantity is 0 for every member, uniform weights.
   """
-  if kind == 'data':
-    raw_N = num_examples_N
-  elif kind == 'uniform':
-    raw_N = jnp.ones_like(budgets_N)
-  elif kind == 'steps':
-    raw_N = budgets_N
-  elif kind == 'version':
-    raw_N = version_N
-  else:
-    raise ValueError(f'weights must be one of {WEIGHT_KINDS}, got {kind!r}')
-  raw_K = jnp.where(valid_K, jnp.asarray(raw_N, jnp.float32)[idx_K], 0.0)
+  raw_N = WEIGHTS.get(kind)(WeightInputs(
+      num_examples_N=jnp.asarray(num_examples_N, jnp.float32),
+      budgets_N=jnp.asarray(budgets_N), version_N=jnp.asarray(version_N)))
+  raw_N = jnp.asarray(raw_N, jnp.float32)
+  raw_K = jnp.where(valid_K, raw_N[jnp.minimum(idx_K, raw_N.shape[0] - 1)], 0.0)
   raw_K = jnp.where(jnp.sum(raw_K) > 0, raw_K, valid_K.astype(jnp.float32))
   return raw_K / jnp.maximum(jnp.sum(raw_K), 1e-30)
 
 
-def _weighted_sum(weight_K: jax.Array, valid_K: jax.Array, x_KxM: jax.Array) -> jax.Array:
-  """sum_k w_k x_k in float32, skipping invalid slots (so NaN there cannot leak)."""
+def weighted_sum(weight_K: jax.Array, valid_K: jax.Array, x_KxM: jax.Array) -> jax.Array:
+  """sum_k w_k x_k over the leading axis in float32, skipping invalid slots (so NaN
+  there cannot leak)."""
   w_K = weight_K.reshape((-1,) + (1,) * (x_KxM.ndim - 1))
   v_K = valid_K.reshape(w_K.shape)
   terms = jnp.where(v_K, w_K * x_KxM.astype(jnp.float32), 0.0)
   return jnp.sum(terms, axis=0)
 
 
-def _cast_like(avg, x):
+def cast_like(avg, x):
+  """``avg`` in ``x``'s dtype; integer leaves (e.g. a step count) are rounded."""
   if jnp.issubdtype(x.dtype, jnp.integer):
     return jnp.round(avg).astype(x.dtype)
   return avg.astype(x.dtype)
@@ -118,7 +138,7 @@ def apply_group(mixing: GroupMixing, tree_N: PyTree) -> PyTree:
 
   def mix_leaf(x_N):
     x_K = x_N[jnp.minimum(mixing.idx_K, x_N.shape[0] - 1)]
-    avg = _cast_like(_weighted_sum(mixing.weight_K, mixing.valid_K, x_K), x_N)
+    avg = cast_like(weighted_sum(mixing.weight_K, mixing.valid_K, x_K), x_N)
     # Slots that are not valid (and every slot of an inactive group) scatter out of
     # range and are dropped.
     target_K = jnp.where(mixing.valid_K & mixing.active, mixing.idx_K, x_N.shape[0])
@@ -134,9 +154,32 @@ def apply_neighbours(mixing: NeighbourMixing, tree_N: PyTree) -> PyTree:
     x_NxD = x_N[mixing.cols_NxD]
     w = mixing.weight_NxD.reshape(mixing.weight_NxD.shape + (1,) * (x_N.ndim - 1))
     avg = jnp.sum(w * x_NxD.astype(jnp.float32), axis=1)
-    return _cast_like(avg, x_N)
+    return cast_like(avg, x_N)
 
   return jax.tree.map(mix_leaf, tree_N)
+
+
+Mixing = GroupMixing | NeighbourMixing
+
+
+def apply(mixing: Mixing, tree_N: PyTree) -> PyTree:
+  """Applies either sparse form to every leaf of a stacked pytree."""
+  if isinstance(mixing, GroupMixing):
+    return apply_group(mixing, tree_N)
+  if isinstance(mixing, NeighbourMixing):
+    return apply_neighbours(mixing, tree_N)
+  raise TypeError(f'expected a GroupMixing or NeighbourMixing, got {type(mixing).__name__}')
+
+
+def synced(mixing: Mixing, num_devices: int) -> jax.Array:
+  """bool (N,): the devices whose row of W is not the identity's (they aggregated)."""
+  if isinstance(mixing, GroupMixing):
+    member_N = jnp.zeros((num_devices,), bool).at[mixing.idx_K].set(mixing.valid_K, mode='drop')
+    return member_N & mixing.active
+  if isinstance(mixing, NeighbourMixing):
+    other_NxD = mixing.cols_NxD != jnp.arange(num_devices)[:, None]
+    return jnp.any(other_NxD & (mixing.weight_NxD > 0), axis=1)
+  raise TypeError(f'expected a GroupMixing or NeighbourMixing, got {type(mixing).__name__}')
 
 
 def group_to_dense(mixing: GroupMixing, num_devices: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 A profile gives every simulated device a speed s_i in local SGD steps per simulated
 second, a link bandwidth b_i in bytes per simulated second, and a latency l. Speeds are
 configured relative to each other and scaled so that the fastest device needs
-``seconds_per_step`` per step (``HADFL.md``, "The simulated clock": the cost per step
+``seconds_per_step`` per step (``docs/spec.md``, "The simulated clock": the cost per step
 comes from the profile, never from the CPU running the simulation).
 
 Profile kinds (``config.profile.kind``):
@@ -32,11 +32,14 @@ class DeviceProfile(NamedTuple):
     speed_N: local steps per simulated second, float64 (N,).
     bandwidth_N: link bandwidth, bytes per simulated second, float64 (N,).
     latency: per-message latency, seconds.
+    jitter_sigma: per-cycle speed jitter: a device's true speed in a cycle is
+      ``s_i exp(jitter_sigma z_i)``, z_i standard normal.
   """
 
   speed_N: np.ndarray
   bandwidth_N: np.ndarray
   latency: float
+  jitter_sigma: float = 0.0
 
 
 def relative_speeds(
@@ -119,4 +122,5 @@ def make_profile(profile_config, num_devices: int, seed: int) -> DeviceProfile:
       speed_N=speed_N,
       bandwidth_N=mbps * 1e6 / 8.0,
       latency=float(profile_config.latency_s),
+      jitter_sigma=float(getattr(profile_config, 'jitter_sigma', 0.0)),
   )

@@ -1,11 +1,17 @@
 """Probabilistic selection of the devices that synchronise in a cycle.
 
-``HADFL.md``, "One HADFL cycle", step 1: the coordinator draws K distinct devices without
+``docs/spec.md``, "One HADFL cycle", step 1: the coordinator draws K distinct devices without
 replacement, with probability proportional to q_i, among the devices that are up. The
 draw is the successive-sampling (Plackett-Luce) scheme: pick one device with probability
 q_i / sum(q), remove it, repeat. It is implemented with the Gumbel-top-k trick, which
 gives exactly that distribution in one ``top_k`` and has static shapes, so the jitted
 cycle never retraces when the selected set changes.
+
+The weights q_i come from a rule in :data:`RULES`; a rule of one's own is one function::
+
+  @selection.RULES.register('fresh_first')
+  def fresh_first(x: selection.SelectionInputs):
+    return 1.0 / (1.0 + x.version_N)
 """
 
 from __future__ import annotations
@@ -13,10 +19,56 @@ from __future__ import annotations
 import math
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 
-SELECTION_KINDS = ('version', 'speed', 'uniform', 'staleness')
+from hadfl_jax.registry import Registry
+
+RULES: Registry = Registry('selection rule')
+
+
+@flax.struct.dataclass
+class SelectionInputs:
+  """What a selection rule may look at (traced arrays of the current cycle).
+
+  Attributes:
+    version_N: v_i, local steps folded into each model.
+    speed_N: the coordinator's profiled speeds s_i.
+    last_sync_N: cycle of each device's last sync, -1 if never.
+    cycle: the current cycle index.
+    num_examples_N: n_i, examples held by each device.
+  """
+
+  version_N: chex.Array
+  speed_N: chex.Array
+  last_sync_N: chex.Array
+  cycle: chex.Numeric
+  num_examples_N: chex.Array
+
+
+@RULES.register('version')
+def version_rule(x: SelectionInputs) -> chex.Array:
+  """q = v + 1: devices whose models hold more training are drawn more often."""
+  return x.version_N.astype(jnp.float32) + 1.0
+
+
+@RULES.register('speed')
+def speed_rule(x: SelectionInputs) -> chex.Array:
+  """q = s: fast devices are drawn more often."""
+  return x.speed_N.astype(jnp.float32)
+
+
+@RULES.register('uniform')
+def uniform_rule(x: SelectionInputs) -> chex.Array:
+  """q = 1."""
+  return jnp.ones_like(x.speed_N, jnp.float32)
+
+
+@RULES.register('staleness')
+def staleness_rule(x: SelectionInputs) -> chex.Array:
+  """q = 1 + cycles since the device last synchronised (from cycle -1 if never)."""
+  return 1.0 + (x.cycle - x.last_sync_N).astype(jnp.float32)
 
 
 def group_size(rho: float, num_devices: int) -> int:
@@ -24,37 +76,17 @@ def group_size(rho: float, num_devices: int) -> int:
   return max(2, int(math.floor(rho * num_devices + 0.5)))
 
 
-def selection_scores(
-    kind: str,
-    *,
-    version_N: chex.Array,
-    speed_N: chex.Array,
-    last_sync_N: chex.Array,
-    cycle: chex.Numeric,
-) -> chex.Array:
-  """Unnormalised selection weights q_i of every device.
+def selection_scores(kind: str, inputs: SelectionInputs) -> chex.Array:
+  """Unnormalised selection weights q_i (N,) of every device, all > 0, by the rule
+  registered as ``kind`` in :data:`RULES` (built-ins: ``version``, ``speed``,
+  ``uniform``, ``staleness``).
 
-  Args:
-    kind: ``version`` (q = v + 1), ``speed`` (q = s), ``uniform`` (q = 1) or
-      ``staleness`` (q = 1 + cycles since the device last synchronised; a device that
-      never did counts from cycle -1).
-    version_N: v_i, local steps folded into each model.
-    speed_N: profiled speeds s_i.
-    last_sync_N: cycle of each device's last sync, -1 if never.
-    cycle: the current cycle index.
-
-  Returns:
-    float32 weights, shape (N,), all > 0.
+  Raises:
+    KeyError: an unregistered rule, naming the registered ones.
   """
-  if kind == 'version':
-    return version_N.astype(jnp.float32) + 1.0
-  if kind == 'speed':
-    return speed_N.astype(jnp.float32)
-  if kind == 'uniform':
-    return jnp.ones_like(speed_N, jnp.float32)
-  if kind == 'staleness':
-    return 1.0 + (cycle - last_sync_N).astype(jnp.float32)
-  raise ValueError(f'selection must be one of {SELECTION_KINDS}, got {kind!r}')
+  q_N = RULES.get(kind)(inputs)
+  chex.assert_shape(q_N, inputs.speed_N.shape)
+  return q_N.astype(jnp.float32)
 
 
 def select(

@@ -10,16 +10,16 @@
   minibatch inside jit (vmap it over devices).
 """
 
-from hadfl_jax.data.device_data import DeviceData
-from hadfl_jax.data.device_data import normalize
-from hadfl_jax.data.device_data import sample_batch
+from hadfl_jax.core.device_data import DeviceData
+from hadfl_jax.core.device_data import normalize
+from hadfl_jax.core.device_data import sample_batch
 from hadfl_jax.data.errors import DatasetError
 from hadfl_jax.data.loading import DATASETS
 from hadfl_jax.data.loading import default_data_dir
 from hadfl_jax.data.loading import load_split
 from hadfl_jax.data.loading import Split
 from hadfl_jax.data.partitioning import partition
-from hadfl_jax.data.partitioning import PARTITION_KINDS
+from hadfl_jax.data.partitioning import PARTITIONS
 from hadfl_jax.data.partitioning import partition_report
 from hadfl_jax.data.partitioning import partition_table
 
@@ -27,7 +27,7 @@ __all__ = [
     'DATASETS',
     'DatasetError',
     'DeviceData',
-    'PARTITION_KINDS',
+    'PARTITIONS',
     'Split',
     'default_data_dir',
     'load_split',

@@ -8,7 +8,9 @@ devices in Python, so N = 10,000 devices on 60,000 examples takes milliseconds (
 ``benchmarks/partition_speed.py``); FL-bench's and many other Dirichlet partitioners
 instead resample until every client is large enough, which gets slow with many clients.
 
-Kinds (:data:`PARTITION_KINDS`):
+Kinds (registered in :data:`PARTITIONS`; a partitioner of one's own is a function
+``(labels, num_devices, rng, **options) -> device of every example`` registered there,
+which gets the ``config.partition`` fields as options):
 
 * ``iid``: a random permutation cut into N parts whose sizes differ by at most one.
 * ``dirichlet``: label skew (Hsu, Qi and Brown 2019, "Measuring the effects of
@@ -35,11 +37,15 @@ the small devices in device order. Because ``n >= N * min_examples`` such a leve
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-PARTITION_KINDS = ('iid', 'dirichlet', 'shards', 'quantity')
+from hadfl_jax.registry import Registry
+
+Partitioner = Callable[..., np.ndarray]
+PARTITIONS: Registry[Partitioner] = Registry('partitioner')
 
 
 def partition(
@@ -52,18 +58,20 @@ def partition(
     classes_per_device: int = 2,
     quantity_alpha: float = 1.0,
     min_examples: int = 1,
+    **options: Any,
 ) -> list[np.ndarray]:
   """Splits example indices over devices.
 
   Args:
     labels: int [n] class labels of the training set.
     num_devices: N, the number of devices.
-    kind: one of :data:`PARTITION_KINDS`.
+    kind: a name registered in :data:`PARTITIONS`.
     seed: seed of the ``np.random.default_rng`` that makes every random choice.
     alpha: Dirichlet concentration of the label skew (``dirichlet``), > 0.
     classes_per_device: k, shards per device (``shards``), in [1, number of classes].
     quantity_alpha: Dirichlet concentration of the device sizes (``quantity``), > 0.
     min_examples: every device gets at least this many examples, >= 1.
+    **options: more options for a partitioner of one's own.
 
   Returns:
     N sorted int64 index arrays, disjoint, whose union is ``range(n)``.
@@ -76,8 +84,8 @@ def partition(
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'labels must be a 1-D integer array, got {labels.dtype} {labels.shape}')
   n = labels.shape[0]
-  if kind not in PARTITION_KINDS:
-    raise ValueError(f'unknown partition kind {kind!r}: must be one of {PARTITION_KINDS}')
+  if kind not in PARTITIONS:
+    raise ValueError(f'unknown partition kind {kind!r}: must be one of {PARTITIONS.names()}')
   _check_int('num_devices', num_devices, 1)
   _check_int('min_examples', min_examples, 1)
   _check_int('classes_per_device', classes_per_device, 1)
@@ -90,17 +98,37 @@ def partition(
     )
 
   rng = np.random.default_rng(seed)
-  if kind == 'iid':
-    assign_n = _assign_by_size(rng.permutation(n), _equal_sizes(n, num_devices))
-  elif kind == 'quantity':
-    q_N = rng.dirichlet(np.full(num_devices, float(quantity_alpha)))
-    assign_n = _assign_by_size(rng.permutation(n), _round_shares(q_N, n))
-  elif kind == 'dirichlet':
-    assign_n = _dirichlet(labels, num_devices, float(alpha), rng)
-  else:
-    assign_n = _shards(labels, num_devices, classes_per_device, rng)
+  assign_n = np.asarray(PARTITIONS.get(kind)(
+      labels, num_devices, rng, alpha=alpha, classes_per_device=classes_per_device,
+      quantity_alpha=quantity_alpha, **options), np.int64)
+  if assign_n.shape != (n,) or (n and not 0 <= assign_n.min() <= assign_n.max() < num_devices):
+    raise ValueError(f'partitioner {kind!r} must give a device in [0, {num_devices}) for each '
+                     f'of the {n} examples')
   assign_n = _ensure_min_examples(assign_n, num_devices, min_examples, rng)
   return _group(assign_n, num_devices)
+
+
+@PARTITIONS.register('iid')
+def _iid(labels, num_devices, rng, **_):
+  n = labels.shape[0]
+  return _assign_by_size(rng.permutation(n), _equal_sizes(n, num_devices))
+
+
+@PARTITIONS.register('dirichlet')
+def _dirichlet_kind(labels, num_devices, rng, *, alpha, **_):
+  return _dirichlet(labels, num_devices, float(alpha), rng)
+
+
+@PARTITIONS.register('shards')
+def _shards_kind(labels, num_devices, rng, *, classes_per_device, **_):
+  return _shards(labels, num_devices, classes_per_device, rng)
+
+
+@PARTITIONS.register('quantity')
+def _quantity(labels, num_devices, rng, *, quantity_alpha, **_):
+  n = labels.shape[0]
+  q_N = rng.dirichlet(np.full(num_devices, float(quantity_alpha)))
+  return _assign_by_size(rng.permutation(n), _round_shares(q_N, n))
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

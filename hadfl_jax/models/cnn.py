@@ -1,6 +1,6 @@
 """Small convolutional classifiers, written to train fast inside a vmapped loop.
 
-The architecture of the paper-like model (``HADFL.md``, "Scenarios"): for each entry of
+The architecture of the paper-like model (``docs/spec.md``, "Scenarios"): for each entry of
 ``features``, a 3x3 SAME convolution, ReLU and 2x2 max-pooling; then a ReLU dense layer of
 ``hidden`` units and a linear classifier. With ``features=(32, 64)`` and ``hidden=128`` it
 has 421,642 parameters on 28x28x1 inputs and 545,098 on 32x32x3.

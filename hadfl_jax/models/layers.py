@@ -2,7 +2,7 @@
 
 HADFL trains every simulated device at once: one ``jax.vmap`` over the device axis inside
 one ``lax.fori_loop``/``lax.while_loop``. Two standard ops are slow there on CPU
-(``HADFL.md``, "A known trap"; ``benchmarks/conv_trap.py`` measures them; the figures
+(``docs/spec.md``, "A known trap"; ``benchmarks/conv_trap.py`` measures them; the figures
 below are training examples/s of the ``cnn`` model, N = 8 devices, batch 32, 2 cores):
 
 * ``flax.linen.Conv`` (``lax.conv_general_dilated``): vmapped over per-device kernels it

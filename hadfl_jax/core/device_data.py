@@ -97,6 +97,7 @@ def sample_batch(
     count: jax.Array,
     key: jax.Array,
     batch_size: int,
+    preprocess=None,
 ) -> tuple[jax.Array, jax.Array]:
   """Samples one device's minibatch, uniformly with replacement from its first rows.
 
@@ -109,6 +110,7 @@ def sample_batch(
     count: int scalar, the number of valid rows (>= 1); rows >= count are never drawn.
     key: a PRNG key.
     batch_size: B, a Python int.
+    preprocess: stored inputs -> model inputs (default :func:`normalize`).
 
   Returns:
     ``(x_B, y_B)``: float32 [B, H, W, C] normalised images and int32 [B] labels.
@@ -116,7 +118,7 @@ def sample_batch(
   chex.assert_rank([labels_P, count], [1, 0])
   chex.assert_equal_shape_prefix([images_P, labels_P], 1)
   idx_B = jax.random.randint(key, (batch_size,), 0, count)
-  x_B = normalize(images_P[idx_B])
+  x_B = (preprocess or normalize)(images_P[idx_B])
   y_B = labels_P[idx_B].astype(jnp.int32)
   chex.assert_shape(y_B, (batch_size,))
   return x_B, y_B
