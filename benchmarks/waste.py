@@ -14,8 +14,8 @@ cycles and reports the wasted fraction of the computed device-steps under
 
 FedAvg (K = round(C N) of N clients train H steps, the others none) is measured the same
 way: ``before``, the single masked loop it ran over all N devices before the engine's
-trainer was shared; ``after``, the engine's default schedule (8 budget-sorted buckets
-fitted to the speed profile), which it now uses like every algorithm.
+trainer was shared; ``after``, the engine's budget-sorted buckets with FedAvg's widths
+(the K clients, then the idle rest: :func:`hadfl_jax.algorithms.fedavg.bucket_widths`).
 
 Then it times local training with real budgets of the paper-like (CNN; budgets scaled
 by 1/4 to save time) and many-devices (MLP) scenarios, single loop against bucket counts
@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
+from hadfl_jax.algorithms import fedavg
 from hadfl_jax.core import local
 
 SCENARIOS = (
@@ -84,20 +85,19 @@ FEDAVG = ((8, 0.5, 50, 'paper-like (N=8, C=0.5, H=50)'),
           (10_000, 0.01, 50, 'scale (N=10,000, C=0.01, H=50)'))
 
 
-def fedavg_waste_table(num_rounds: int, num_buckets: int = 8, seed: int = 0,
+def fedavg_waste_table(num_rounds: int, seed: int = 0,
                        p_drop: float = 0.3) -> list[dict[str, Any]]:
   """Masked-work fraction of FedAvg's local training, single loop vs the engine's buckets.
 
   Each round, each device is down with probability ``p_drop`` and K clients are drawn
   uniformly among the up devices (as :mod:`hadfl_jax.algorithms.fedavg` does); they run H
-  steps, the others none. Speeds are lognormal(0.8) (the bucket widths are fitted to them).
+  steps, the others none.
   """
   rng = np.random.default_rng(seed)
   rows = []
   for n, fraction, h, name in FEDAVG:
     k = max(1, int(round(fraction * n)))
-    speed_N = np.exp(0.8 * rng.standard_normal(n))
-    schedule = local.LocalSchedule(local.fit_bucket_widths(speed_N, num_buckets))
+    schedule = local.LocalSchedule(fedavg.bucket_widths(k, n))
     useful = single = engine = 0
     for _ in range(num_rounds):
       up = np.flatnonzero(rng.random(n) >= p_drop)
@@ -107,7 +107,7 @@ def fedavg_waste_table(num_rounds: int, num_buckets: int = 8, seed: int = 0,
       single += n * int(budgets_N.max())
       engine += schedule.computed_steps(budgets_N)
     rows.append(dict(scenario=name, num_devices=n, clients=k, local_steps=h,
-                     rounds=num_rounds, buckets=num_buckets,
+                     rounds=num_rounds, widths=list(schedule.bucket_widths),
                      masked_before=1.0 - useful / single, masked_after=1.0 - useful / engine))
   return rows
 

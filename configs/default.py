@@ -1,5 +1,9 @@
 r"""Quick scenario: HADFL on the embedded UCI digits, a few seconds of CPU.
 
+Typed sections (partition, optimizer, profile, every algorithm's, faults, engine) take
+their fields, defaults and bounds from their classes (named beside each section); the
+rest is written here.
+
 The default of the quick start and of CI. Eight devices with speeds 1..8, IID shards of
 the 1,437 training digits, a small MLP.
 
@@ -11,8 +15,11 @@ Every other config imports this one and overrides what differs.
 import ml_collections
 
 from hadfl_jax import algorithms
+from hadfl_jax import optim
 from hadfl_jax.core import engine
 from hadfl_jax.core import faults
+from hadfl_jax.core import profiles
+from hadfl_jax.data import partitioning as data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,37 +39,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir.
   config.dataset.idx_dir = ml_collections.config_dict.placeholder(str)  # For mnist_idx.
 
-  # How the training set is split over the devices.
-  config.partition = ml_collections.ConfigDict()
-  config.partition.kind = 'iid'  # hadfl_jax.data.PARTITIONS: iid | dirichlet | shards | quantity
-  config.partition.alpha = 0.5  # Dirichlet label skew.
-  config.partition.classes_per_device = 2  # shards
-  config.partition.quantity_alpha = 1.0  # quantity skew
-  config.partition.min_examples = 1
+  # How the training set is split over the devices (hadfl_jax/data/partitioning.py,
+  # PartitionConfig: kind iid | dirichlet | shards | quantity, alpha, classes_per_device,
+  # quantity_alpha, min_examples).
+  config.partition = data.PartitionConfig().to_config_dict()
 
   config.num_devices = 8
   config.model = 'digits_mlp'  # hadfl_jax.models.MODELS
   config.loss = 'cross_entropy'  # hadfl_jax.core.task.LOSSES
   config.batch_size = 32
 
-  # Each device's local optimizer.
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = 'momentum'  # sgd | momentum | adam
-  config.optimizer.learning_rate = 0.05
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 0.0
+  # Each device's local optimizer (hadfl_jax/optim.py, OptimizerConfig: name sgd | momentum
+  # | adam, learning_rate, momentum, weight_decay).
+  config.optimizer = optim.OptimizerConfig().to_config_dict()
 
-  # Device heterogeneity (hadfl_jax/core/profiles.py).
-  config.profile = ml_collections.ConfigDict()
-  config.profile.kind = 'list'  # list | tiers | geometric | lognormal
-  config.profile.speeds = (1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0)  # relative
-  config.profile.ratio = 8.0  # geometric: fastest / slowest
-  config.profile.sigma = 0.8  # lognormal
-  config.profile.seconds_per_step = 0.01  # of the fastest device
-  config.profile.jitter_sigma = 0.0  # per-cycle speed jitter
-  config.profile.bandwidth_mbps = 100.0
-  config.profile.latency_s = 0.005
-  config.profile.bytes_per_param = 4
+  # Device heterogeneity (hadfl_jax/core/profiles.py, ProfileConfig: kind list | tiers |
+  # geometric | lognormal, relative speeds, ratio, sigma, seconds_per_step of the fastest
+  # device, jitter_sigma, bandwidth_mbps, latency_s, bytes_per_param). Quick scenario:
+  # speeds 1, 1, 2, 2, 4, 4, 8, 8; 10 ms per step; 100 Mbit/s links, 5 ms latency.
+  config.profile = profiles.ProfileConfig().to_config_dict()
 
   # Every registered algorithm's options, one section each (config.hadfl, config.ddp,
   # config.dfedavg, config.fedavg, config.dpsgd), with the defaults its typed Config

@@ -7,10 +7,11 @@ Datasets); the run loop, the comparison and the data layer load on first use.
   :class:`Algorithm`; the engine's pure pieces in :mod:`hadfl_jax.core`.
 * Registries of everything a researcher may add (``docs/extending.md``):
   :data:`ALGORITHMS`, :data:`SELECTION_RULES`, :data:`WEIGHT_RULES`,
-  :data:`OPT_STATE_RULES`, :data:`LOSSES`, :data:`MODELS`, :data:`PARTITIONS`,
-  :data:`GRAPHS`.
+  :data:`OPT_STATE_RULES`, :data:`LOSSES`, :data:`MODELS`, :data:`OPTIMIZERS`,
+  :data:`PARTITIONS`, :data:`GRAPHS`.
 * Running: :func:`run` (any algorithm, any state), :func:`train_and_evaluate` (a config
-  and a workdir), :func:`compare` (every algorithm on one scenario), :class:`Evaluator`.
+  and a workdir), :mod:`compare` (``compare.compare``: every algorithm on one scenario),
+  :class:`Evaluator`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from hadfl_jax.core import Task
 from hadfl_jax.core import WEIGHT_RULES
 from hadfl_jax.evaluation import Evaluator
 from hadfl_jax.models import MODELS
+from hadfl_jax.optim import OPTIMIZERS
 from hadfl_jax.registry import Registry
 from hadfl_jax.typed_config import ConfigError
 
@@ -46,12 +48,13 @@ _LAZY = {
     'run': ('hadfl_jax.train', 'run'),
     'train_and_evaluate': ('hadfl_jax.train', 'train_and_evaluate'),
     'build_setup': ('hadfl_jax.train', 'build_setup'),
-    'compare': ('hadfl_jax.compare', 'compare'),
     'PARTITIONS': ('hadfl_jax.data', 'PARTITIONS'),
 }
 
 
 def __getattr__(name: str) -> Any:
+  if name == 'compare':  # The module: compare.compare(config, workdir), its report helpers.
+    return importlib.import_module('hadfl_jax.compare')
   if name in _LAZY:
     module, attr = _LAZY[name]
     return getattr(importlib.import_module(module), attr)
@@ -61,7 +64,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     'ALGORITHMS', 'Algorithm', 'ConfigError', 'CycleInfo', 'DeviceData', 'EngineConfig',
     'Evaluator', 'FaultsConfig', 'GRAPHS', 'LOSSES', 'LocalTrainer', 'MODELS',
-    'OPT_STATE_RULES', 'PARTITIONS', 'Problem', 'Registry', 'SELECTION_RULES', 'Task',
+    'OPTIMIZERS', 'OPT_STATE_RULES', 'PARTITIONS', 'Problem', 'Registry', 'SELECTION_RULES', 'Task',
     'WEIGHT_RULES', '__version__', 'build', 'build_setup', 'compare', 'run',
     'train_and_evaluate', 'typed_config',
 ]

@@ -73,15 +73,16 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   train = data_lib.load_split(ds.name, ds.train_split, data_dir=ds.data_dir, idx_dir=ds.idx_dir)
   test = data_lib.load_split(ds.name, ds.test_split, data_dir=ds.data_dir, idx_dir=ds.idx_dir)
   validation.validate_against_data(config, len(train.labels), train.num_classes)
+  partition = validation.partition_config(config)
   parts = data_lib.partition(
       train.labels,
       config.num_devices,
-      config.partition.kind,
+      partition.kind,
       seed=config.seed,
-      alpha=config.partition.alpha,
-      classes_per_device=config.partition.classes_per_device,
-      quantity_alpha=config.partition.quantity_alpha,
-      min_examples=config.partition.min_examples,
+      alpha=partition.alpha,
+      classes_per_device=partition.classes_per_device,
+      quantity_alpha=partition.quantity_alpha,
+      min_examples=partition.min_examples,
   )
   device_data = data_lib.DeviceData.from_partition(train.images, train.labels, parts)
   model = models_lib.get_model(config.model, train.num_classes)
@@ -89,15 +90,16 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   init_params = model.init(init_key, jnp.zeros((1,) + train.images.shape[1:], jnp.float32))
   problem = base.Problem(
       model=model,
-      optimizer=optim.make_optimizer(config.optimizer),
+      optimizer=optim.make_optimizer(validation.optimizer_config(config)),
       init_params=init_params['params'],
-      profile=profiles.make_profile(config.profile, config.num_devices, config.seed),
+      profile=profiles.make_profile(validation.profile_config(config), config.num_devices,
+                                    config.seed),
       num_examples_N=np.asarray([len(p) for p in parts], np.int64),
       batch_size=config.batch_size,
       input_shape=tuple(train.images.shape[1:]),
       task=task_lib.Task.from_loss(config.loss),
       faults=validation.faults_config(config),
-      bytes_per_param=config.profile.bytes_per_param,
+      bytes_per_param=validation.profile_config(config).bytes_per_param,
   )
   return Setup(problem, device_data, test,
                data_lib.partition_report(train.labels, parts, train.num_classes))
@@ -523,7 +525,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     setup = build_setup(config)
   else:
     setup = dataclasses.replace(setup, problem=dataclasses.replace(
-        setup.problem, optimizer=optim.make_optimizer(config.optimizer)))
+        setup.problem, optimizer=optim.make_optimizer(validation.optimizer_config(config))))
   _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
   problem = setup.problem
   algorithm = build_algorithm(config, problem)

@@ -166,9 +166,11 @@ def string(default: str | None, *, optional=False, doc=''):
   return _field(default, Spec('string', optional=optional, doc=doc))
 
 
-def numbers(default: tuple, *, low=None, high=None, low_open=False, min_len=1, doc=''):
+def numbers(default: tuple | None, *, low=None, high=None, low_open=False, min_len=1,
+            optional=False, doc=''):
   """A tuple of at least ``min_len`` finite numbers within the bounds."""
-  return _field(default, Spec('numbers', low, high, low_open, min_len=min_len, doc=doc))
+  return _field(default, Spec('numbers', low, high, low_open, optional=optional,
+                              min_len=min_len, doc=doc))
 
 
 def rows(default: tuple, *, width: int, doc=''):

@@ -88,6 +88,27 @@ def faults_config(config) -> faults_lib.FaultsConfig:
   return faults_lib.FaultsConfig.from_config(_get(config, 'faults'))
 
 
+def profile_config(config) -> profiles.ProfileConfig:
+  """The typed ``config.profile``."""
+  return profiles.ProfileConfig.from_config(_get(config, 'profile'))
+
+
+def partition_config(config) -> data_lib.PartitionConfig:
+  """The typed ``config.partition``."""
+  return data_lib.PartitionConfig.from_config(_get(config, 'partition'))
+
+
+def optimizer_config(config) -> optim.OptimizerConfig:
+  """The typed ``config.optimizer``."""
+  return optim.OptimizerConfig.from_config(_get(config, 'optimizer'))
+
+
+# The common typed sections: (name, how to read it from a config).
+COMMON_SECTIONS = (('partition', partition_config), ('optimizer', optimizer_config),
+                   ('profile', profile_config), ('faults', faults_config),
+                   ('engine', engine_config))
+
+
 def _get(config, field: str, default=_MISSING):
   """``config.<field>`` for a dotted field name; ConfigError if it is missing."""
   value = config
@@ -151,34 +172,6 @@ def _validate_data(config) -> None:
       _fail('dataset.idx_dir', idx_dir, f'{name} needs the directory of the four IDX files')
     if not os.path.isdir(os.path.expanduser(idx_dir)):
       _fail('dataset.idx_dir', idx_dir, 'directory does not exist')
-  _choice(config, 'partition.kind', data_lib.PARTITIONS.names())
-  _number(config, 'partition.alpha', low=0, low_open=True)
-  _number(config, 'partition.classes_per_device', low=1, integer=True)
-  _number(config, 'partition.quantity_alpha', low=0, low_open=True)
-  _number(config, 'partition.min_examples', low=1, integer=True)
-
-
-def _validate_profile(config, n: int) -> None:
-  kind = _choice(config, 'profile.kind', profiles.PROFILE_KINDS)
-  speeds = _get(config, 'profile.speeds')
-  if speeds is None:
-    speeds = ()
-  if not isinstance(speeds, (tuple, list)) or not all(
-      _is_number(s) and math.isfinite(s) and s > 0 for s in speeds):
-    _fail('profile.speeds', speeds, 'must be a tuple of positive finite numbers')
-  if kind == 'list' and len(speeds) != n:
-    _fail('profile.speeds', speeds, f'profile.kind=list needs one speed per device '
-          f'(num_devices={n}), got {len(speeds)}')
-  if kind == 'tiers' and not 1 <= len(speeds) <= n:
-    _fail('profile.speeds', speeds, f'profile.kind=tiers needs 1 to num_devices={n} tier '
-          f'speeds, got {len(speeds)}')
-  _number(config, 'profile.ratio', low=1)
-  _number(config, 'profile.sigma', low=0)
-  _number(config, 'profile.seconds_per_step', low=0, low_open=True)
-  _number(config, 'profile.jitter_sigma', low=0)
-  _number(config, 'profile.bandwidth_mbps', low=0, low_open=True)
-  _number(config, 'profile.latency_s', low=0)
-  _number(config, 'profile.bytes_per_param', low=1, integer=True)
 
 
 _EXTRA_STEPS = re.compile(r'^\s*([\w/]+)\s*=\s*\d+(\s*,\s*\d+)*\s*,?\s*$')
@@ -250,17 +243,10 @@ def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
   _choice(config, 'loss', task_lib.LOSSES.names())
   _number(config, 'batch_size', low=1, integer=True)
 
-  _choice(config, 'optimizer.name', optim.OPTIMIZERS)
-  _number(config, 'optimizer.learning_rate', low=0, low_open=True)
-  _number(config, 'optimizer.momentum', low=0, high=1, high_open=True)
-  _number(config, 'optimizer.weight_decay', low=0)
-
-  _validate_profile(config, n)
-
   # The typed sections check themselves; then what needs N.
   algorithm_config(config, name).check_devices(n, f'{name}.')
-  faults_config(config).check_devices(n, 'faults.')
-  engine_config(config).check_devices(n, 'engine.')
+  for section, read in COMMON_SECTIONS:
+    read(config).check_devices(n, f'{section}.')
   if 'compare' in config:
     _validate_compare(config, algorithms)
     for other in config.compare.get('algorithms', ()):
@@ -288,8 +274,8 @@ def resolve(config):
   resolved = copy.deepcopy(config)
   with resolved.unlocked():
     resolved[config.algorithm] = algorithm_config(config).to_config_dict()
-    resolved.engine = engine_config(config).to_config_dict()
-    resolved.faults = faults_config(config).to_config_dict()
+    for section, read in COMMON_SECTIONS:
+      resolved[section] = read(config).to_config_dict()
   return resolved
 
 
@@ -306,12 +292,13 @@ def validate_against_data(config, num_examples: int, num_classes: int) -> None:
   """
   n = config.num_devices
   name = config.dataset.name
-  if n * config.partition.min_examples > num_examples:
-    _fail('partition.min_examples', config.partition.min_examples,
+  partition = partition_config(config)
+  if n * partition.min_examples > num_examples:
+    _fail('partition.min_examples', partition.min_examples,
           f'num_devices={n} devices with at least this many examples each need '
-          f'{n * config.partition.min_examples} examples; {name} has {num_examples}')
-  if config.partition.kind == 'shards':
-    k = config.partition.classes_per_device
+          f'{n * partition.min_examples} examples; {name} has {num_examples}')
+  if partition.kind == 'shards':
+    k = partition.classes_per_device
     if k > num_classes:
       _fail('partition.classes_per_device', k, f'{name} has only {num_classes} classes')
     if n * k < num_classes:

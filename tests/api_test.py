@@ -33,4 +33,4 @@ def test_public_names():
     assert getattr(hadfl_jax, name) is not None, name
   assert set(hadfl_jax.ALGORITHMS.names()) >= {'hadfl', 'ddp', 'dfedavg', 'fedavg', 'dpsgd'}
   assert hadfl_jax.run.__module__ == 'hadfl_jax.train'
-  assert hadfl_jax.compare.__module__ == 'hadfl_jax.compare'
+  assert hadfl_jax.compare.compare.__module__ == 'hadfl_jax.compare'

@@ -13,7 +13,8 @@ def _registries():
   import hadfl_jax  # pylint: disable=g-import-not-at-top
 
   return [hadfl_jax.ALGORITHMS, hadfl_jax.SELECTION_RULES, hadfl_jax.WEIGHT_RULES,
-          hadfl_jax.OPT_STATE_RULES, hadfl_jax.LOSSES, hadfl_jax.MODELS, hadfl_jax.PARTITIONS,
+          hadfl_jax.OPT_STATE_RULES, hadfl_jax.LOSSES, hadfl_jax.MODELS, hadfl_jax.OPTIMIZERS,
+          hadfl_jax.PARTITIONS,
           hadfl_jax.GRAPHS]
 
 

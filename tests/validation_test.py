@@ -25,11 +25,13 @@ import pytest
 from hadfl_jax import algorithms
 from hadfl_jax import data as data_lib
 from hadfl_jax import models
+from hadfl_jax import optim
 from hadfl_jax import train
 from hadfl_jax import typed_config
 from hadfl_jax import validation
 from hadfl_jax.core import engine as engine_lib
 from hadfl_jax.core import faults as faults_lib
+from hadfl_jax.core import profiles
 from hadfl_jax.core import task as task_lib
 from hadfl_jax.data import idx
 from tests import compile_cache
@@ -105,13 +107,28 @@ def _from_spec(spec: typed_config.Spec):
     return _NOT_OPTIONAL_STRINGS if spec.optional else _NOT_STRINGS
   if spec.kind == 'rows':
     return _NOT_ROWS
+  if spec.kind == 'numbers':
+    below = (st.floats(max_value=spec.low, allow_nan=False) if spec.low_open
+             else st.floats(max_value=spec.low, exclude_max=True, allow_nan=False))
+    return st.one_of(st.lists(below, min_size=1, max_size=3), st.integers(),
+                     st.text(min_size=1, max_size=3),
+                     st.lists(st.sampled_from([math.nan, math.inf, 'x']), min_size=1,
+                              max_size=3))
   raise AssertionError(f'no invalid values for {spec}')
 
 
 TYPED_SECTIONS = [(name, algorithms.ALGORITHMS.get(name).Config) for name in algorithms.names()
-                  ] + [('engine', engine_lib.EngineConfig), ('faults', faults_lib.FaultsConfig)]
+                  ] + [('engine', engine_lib.EngineConfig), ('faults', faults_lib.FaultsConfig),
+                       ('partition', data_lib.PartitionConfig), ('optimizer', optim.OptimizerConfig),
+                       ('profile', profiles.ProfileConfig)]
 # Values each field allows alone that the config's other fields refuse.
 CROSS_FIELD = {
+    'profile.speeds': st.one_of(  # The default kind is 'list': one speed per device.
+        st.lists(st.floats(0.1, 10), max_size=12).filter(lambda s: len(s) != N),
+        st.lists(st.floats(max_value=0), min_size=N, max_size=N),
+        st.lists(st.sampled_from([math.nan, math.inf]), min_size=N, max_size=N),
+        st.lists(st.text(max_size=2), min_size=N, max_size=N),
+        st.integers(1, 8), st.text(min_size=1, max_size=4)),
     'engine.mesh_shards': st.integers(1, 64).filter(lambda s: N % s),
     'engine.num_processes': st.integers(2, 9),  # Needs engine.distributed.
     'faults.down_trace': st.one_of(
@@ -135,32 +152,9 @@ INVALID = {
     'dataset.test_split': _NOT_STRINGS,
     'dataset.data_dir': _NOT_OPTIONAL_STRINGS,
     'dataset.idx_dir': _NOT_OPTIONAL_STRINGS,
-    'partition.kind': _names(data_lib.PARTITIONS.names()),
-    'partition.alpha': _numbers(low=0, low_open=True),
-    'partition.classes_per_device': _numbers(low=1, integer=True),
-    'partition.quantity_alpha': _numbers(low=0, low_open=True),
-    'partition.min_examples': _numbers(low=1, integer=True),
     'num_devices': _numbers(low=1, integer=True),
     'model': _names(models.MODELS.names()),
     'batch_size': _numbers(low=1, integer=True),
-    'optimizer.name': _names(('sgd', 'momentum', 'adam')),
-    'optimizer.learning_rate': _numbers(low=0, low_open=True),
-    'optimizer.momentum': _numbers(low=0, high=1, high_open=True),
-    'optimizer.weight_decay': _numbers(low=0),
-    'profile.kind': _names(('list', 'tiers', 'geometric', 'lognormal')),
-    'profile.speeds': st.one_of(
-        st.lists(st.floats(0.1, 10), max_size=12).filter(lambda s: len(s) != N),  # Length.
-        st.lists(st.floats(max_value=0), min_size=N, max_size=N),  # Not positive.
-        st.lists(st.sampled_from([math.nan, math.inf]), min_size=N, max_size=N),
-        st.lists(st.text(max_size=2), min_size=N, max_size=N),
-        st.integers(1, 8), st.text(min_size=1, max_size=4)),
-    'profile.ratio': _numbers(low=1),
-    'profile.sigma': _numbers(low=0),
-    'profile.seconds_per_step': _numbers(low=0, low_open=True),
-    'profile.jitter_sigma': _numbers(low=0),
-    'profile.bandwidth_mbps': _numbers(low=0, low_open=True),
-    'profile.latency_s': _numbers(low=0),
-    'profile.bytes_per_param': _numbers(low=1, integer=True),
     'compare.algorithms': st.one_of(
         st.just(()), st.just(('hadfl', 'hadfl')), st.just(('hadfl', 'sgd')),
         st.lists(st.text(max_size=5).filter(lambda s: s not in algorithms.names()),

@@ -35,7 +35,8 @@ class Config(tc.Section):
 
 def make(problem: base.Problem, config: Config,
          engine: engine_lib.EngineConfig | None = None) -> base.Algorithm:
-  trainer = engine_lib.LocalTrainer(problem, engine)
+  # Equal budgets: one masked loop (no bucket would save work).
+  trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
   n = problem.num_devices
   n_N = jnp.asarray(problem.num_examples_N, jnp.float32)
 

@@ -47,7 +47,8 @@ def describe(config: Config, problem: base.Problem) -> dict:
 
 def make(problem: base.Problem, config: Config,
          engine: engine_lib.EngineConfig | None = None) -> base.Algorithm:
-  trainer = engine_lib.LocalTrainer(problem, engine)
+  # Equal budgets: one masked loop (no bucket would save work).
+  trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
   graph = graphs.make_graph(config.graph, problem.num_devices)
   bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
   m = problem.model_bytes

@@ -6,7 +6,8 @@ K = max(1, round(C N)) clients drawn uniformly among the up devices start from t
 server's model, run H local steps, and the server averages them with weights n_j. The
 server's link carries 2 K M bytes per round (K downloads, K uploads):
 t_comm = 2 K M / b_server + 2 l. Local training runs on the engine's budget-sorted
-buckets, so the N - K idle devices cost (almost) no masked work. Common rules:
+buckets (:func:`bucket_widths`: the clients, then the idle rest), so the N - K idle
+devices cost no masked work. Common rules:
 :mod:`hadfl_jax.algorithms.rounds`.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from hadfl_jax import sharding
 from hadfl_jax import typed_config as tc
 from hadfl_jax.algorithms import base
 from hadfl_jax.algorithms import rounds
@@ -48,11 +50,22 @@ def num_clients(config: Config, num_devices: int) -> int:
   return max(1, int(round(config.fraction * num_devices)))
 
 
+def bucket_widths(num_clients_: int, num_devices: int, num_shards: int = 1) -> tuple[int, ...]:
+  """Two buckets per shard: the clients (sorted first, by their budget H) and the idle
+  rest (budget 0, which costs nothing). Clients are spread over the shards at random, so
+  a shard's first bucket holds its expected share, rounded up."""
+  per_shard = num_devices // num_shards
+  first = min(per_shard, -(-num_clients_ // num_shards))
+  return (first, per_shard - first)
+
+
 def make(problem: base.Problem, config: Config,
          engine: engine_lib.EngineConfig | None = None) -> base.Algorithm:
-  trainer = engine_lib.LocalTrainer(problem, engine)
   n = problem.num_devices
   k = num_clients(config, n)
+  engine = engine or engine_lib.EngineConfig()
+  trainer = engine_lib.LocalTrainer(
+      problem, engine, bucket_widths=bucket_widths(k, n, sharding.mesh_size(engine)))
   n_N = jnp.asarray(problem.num_examples_N, jnp.float32)
   m = problem.model_bytes
   b_server = float(problem.profile.bandwidth_N.min())

@@ -81,9 +81,16 @@ class LocalTrainer:
   Args:
     problem: the problem.
     engine: the engine settings (default :class:`EngineConfig`).
+    bucket_widths: the algorithm's own bucket widths per shard, when it knows its budgets'
+      shape better than the speed profile does: ``()`` for equal budgets (one loop: no
+      masked work, the widest vmap), e.g. ``(K, N - K)`` for K of N devices training.
+      None fits ``engine.num_buckets`` widths to the profiled speeds (budgets about
+      proportional to speed, as HADFL's). With ``engine.num_buckets = 1`` there is always
+      one loop.
   """
 
-  def __init__(self, problem: problem_lib.Problem, engine: EngineConfig | None = None):
+  def __init__(self, problem: problem_lib.Problem, engine: EngineConfig | None = None,
+               bucket_widths: tuple[int, ...] | None = None):
     self.problem = problem
     self.engine = engine or EngineConfig()
     self.num_shards = sharding.mesh_size(self.engine)
@@ -91,8 +98,12 @@ class LocalTrainer:
     sharding.check_divisible(n, self.num_shards)
     self.device_step = local.make_device_step(
         problem.model.apply, problem.optimizer, problem.batch_size, problem.task)
-    self._bucket_widths = local.fit_bucket_widths(
-        problem.profile.speed_N, self.engine.num_buckets, self.num_shards)
+    if self.engine.num_buckets == 1:
+      bucket_widths = ()
+    elif bucket_widths is None:
+      bucket_widths = local.fit_bucket_widths(
+          problem.profile.speed_N, self.engine.num_buckets, self.num_shards)
+    self._bucket_widths = tuple(w for w in bucket_widths if w > 0)
     self._schedules: dict[tuple, local.LocalSchedule] = {}
 
   def schedule_for(self, input_shape: tuple[int, ...]) -> local.LocalSchedule:

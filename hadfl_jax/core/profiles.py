@@ -18,11 +18,43 @@ Profile kinds (``config.profile.kind``):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from hadfl_jax import typed_config as tc
+
 PROFILE_KINDS = ('list', 'tiers', 'geometric', 'lognormal')
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig(tc.Section):
+  """Device heterogeneity (``config.profile``; see the module docstring)."""
+
+  SECTION = 'profile'
+
+  kind: str = tc.choice('list', PROFILE_KINDS)
+  speeds: tuple | None = tc.numbers((1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0), low=0,
+                                    low_open=True, min_len=0, optional=True,
+                                    doc='relative speeds (list) or tier speeds (tiers)')
+  ratio: float = tc.number(8.0, low=1, doc='geometric: fastest / slowest')
+  sigma: float = tc.number(0.8, low=0, doc='lognormal: sigma of log speed')
+  seconds_per_step: float = tc.number(0.01, low=0, low_open=True,
+                                      doc='simulated seconds per step of the fastest device')
+  jitter_sigma: float = tc.number(0.0, low=0, doc='per-cycle speed jitter')
+  bandwidth_mbps: float = tc.number(100.0, low=0, low_open=True, doc='link bandwidth, Mbit/s')
+  latency_s: float = tc.number(0.005, low=0, doc='per-message latency, seconds')
+  bytes_per_param: int = tc.integer(4, low=1, doc='bytes of one parameter on the wire')
+
+  def check_devices(self, num_devices: int, prefix: str) -> None:
+    speeds = self.speeds or ()
+    if self.kind == 'list' and len(speeds) != num_devices:
+      tc.fail(prefix + 'speeds', self.speeds, f'profile.kind=list needs one speed per device '
+              f'(num_devices={num_devices}), got {len(speeds)}')
+    if self.kind == 'tiers' and not 1 <= len(speeds) <= num_devices:
+      tc.fail(prefix + 'speeds', self.speeds, f'profile.kind=tiers needs 1 to '
+              f'num_devices={num_devices} tier speeds, got {len(speeds)}')
 
 
 class DeviceProfile(NamedTuple):

@@ -20,6 +20,7 @@ from hadfl_jax.data.loading import load_split
 from hadfl_jax.data.loading import Split
 from hadfl_jax.data.partitioning import partition
 from hadfl_jax.data.partitioning import PARTITIONS
+from hadfl_jax.data.partitioning import PartitionConfig
 from hadfl_jax.data.partitioning import partition_report
 from hadfl_jax.data.partitioning import partition_table
 
@@ -28,6 +29,7 @@ __all__ = [
     'DatasetError',
     'DeviceData',
     'PARTITIONS',
+    'PartitionConfig',
     'Split',
     'default_data_dir',
     'load_split',

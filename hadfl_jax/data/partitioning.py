@@ -36,16 +36,31 @@ the small devices in device order. Because ``n >= N * min_examples`` such a leve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from hadfl_jax import typed_config as tc
 from hadfl_jax.registry import Registry
 
 Partitioner = Callable[..., np.ndarray]
 PARTITIONS: Registry[Partitioner] = Registry('partitioner')
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionConfig(tc.Section):
+  """How the training set is split over the devices (``config.partition``)."""
+
+  SECTION = 'partition'
+
+  kind: str = tc.choice('iid', PARTITIONS, doc='a partitioner of PARTITIONS')
+  alpha: float = tc.number(0.5, low=0, low_open=True, doc='dirichlet: label skew')
+  classes_per_device: int = tc.integer(2, low=1, doc='shards: classes per device')
+  quantity_alpha: float = tc.number(1.0, low=0, low_open=True, doc='quantity: size skew')
+  min_examples: int = tc.integer(1, low=1, doc='the fewest examples of a device')
 
 
 def partition(
