@@ -28,9 +28,10 @@ import numpy as np
 from benchmarks import common
 from configs import default as default_config
 from configs import paper_mnist
-from hadfl_jax import algorithms
 from hadfl_jax import sharding
 from hadfl_jax import train
+from hadfl_jax import validation
+from hadfl_jax.core import engine as engine_lib
 
 _EVENTS: list[tuple[str, float]] = []
 _LISTENING = False
@@ -93,11 +94,13 @@ def prepare(name: str, num_buckets: int, bucket_mib: float | None,
   for event, secs in _EVENTS:
     key = event.rsplit('/', 1)[-1].replace('_duration', '')
     phases[key] = phases.get(key, 0.0) + secs
+  schedule = engine_lib.LocalTrainer(setup.problem, validation.engine_config(config)
+                                     ).schedule_for(setup.device_data.images.shape[2:])
   row = dict(
       scenario=name, model=config.model, num_devices=config.num_devices,
       num_buckets=num_buckets,
-      bucket_widths=list(algorithm.schedule_for(setup.device_data).bucket_widths),
-      max_width=algorithm.schedule_for(setup.device_data).max_width,
+      bucket_widths=list(schedule.bucket_widths),
+      max_width=schedule.max_width,
       first_cycle_s=first, trace_s=phases.get('jaxpr_trace', 0.0),
       lower_s=phases.get('jaxpr_to_mlir_module', 0.0),
       compile_s=phases.get('backend_compile', 0.0))

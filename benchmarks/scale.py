@@ -21,7 +21,6 @@ Command: ``python -m benchmarks.scale --devices 10000 --cycles 2``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess

@@ -16,6 +16,7 @@ import ml_collections
 
 from hadfl_jax import algorithms
 from hadfl_jax import optim
+from hadfl_jax.comparison import config as comparison
 from hadfl_jax.core import engine
 from hadfl_jax.core import faults
 from hadfl_jax.core import profiles
@@ -66,23 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   for name in algorithms.names():
     config[name] = algorithms.config_of(name).to_config_dict()
 
-  # The comparison (python -m hadfl_jax.compare; hadfl_jax/compare.py).
-  config.compare = ml_collections.ConfigDict()
-  config.compare.algorithms = ('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd')
-  config.compare.learning_rates = (0.02, 0.05)  # the same grid for every algorithm
-  # H grid: local steps of dfedavg/fedavg/dpsgd; HADFL's fastest device runs H steps
-  # (t_local = H * profile.seconds_per_step).
-  config.compare.local_steps = (5, 20)
-  # More H values for some algorithms only, e.g. 'dfedavg=20,10;dpsgd=5' (reported as such).
-  config.compare.extra_local_steps = ''
-  config.compare.eval_interval_s = 0.0  # simulated seconds between evaluations; 0: auto
-  config.compare.eval_growth = 0.1  # ... and at most this relative step in simulated time
-  # An earlier results.json: run each algorithm at the point that won there (no grid).
-  config.compare.winners_from = ml_collections.config_dict.placeholder(str)
-  config.compare.cached_only = False  # only collect finished runs; list the others as not run
-  config.compare.sweep_ratios = (1.0, 2.0, 4.0, 8.0, 16.0)  # heterogeneity sweep
-  config.compare.sweep = False  # run the heterogeneity sweep too
-  config.compare.ablation = False  # run HADFL's ablation too
+  # The comparison (python -m hadfl_jax.compare; hadfl_jax/comparison/config.py,
+  # CompareConfig: algorithms, learning_rates and local_steps grids (HADFL's fastest device
+  # runs H steps: t_local = H * profile.seconds_per_step), extra_local_steps,
+  # eval_interval_s and eval_growth, winners_from, cached_only, sweep_ratios, sweep,
+  # ablation).
+  config.compare = comparison.CompareConfig().to_config_dict()
 
   # Faults (docs/spec.md, step 5): every algorithm runs under them (hadfl_jax/core/faults.py).
   config.faults = faults.FaultsConfig().to_config_dict()

@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from hadfl_jax import algorithms
@@ -184,16 +186,81 @@ class Checkpointer:
 
     The arrays are copied to host memory before this returns, so ``state`` may be
     donated to the next cycle; the checkpoint becomes the latest once it is complete.
+    ``progress`` gets the state's digest (:func:`state_digest`), which a restore checks:
+    a corruption that the storage format itself does not notice is caught there.
     """
+    progress = {**progress, 'state_digest': state_digest(state)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)),
         force=True)
     self.latest_step = step
 
+  def restore_newest_good(self, like: PyTree, check=None, log=print
+                          ) -> tuple[int, PyTree, dict] | None:
+    """The newest checkpoint that restores intact: ``(step, state, progress)``.
+
+    A checkpoint that fails to restore (a corrupt, truncated or missing file, or a
+    state whose digest differs from the one saved with it) is reported by name and
+    deleted, and the one before it is tried.
+
+    Args:
+      like: as for :meth:`restore`.
+      check: called with each restored progress; it raises :class:`ResumeError` when the
+        run may not continue from it (a different config), which is not a corruption
+        and is raised as it is.
+      log: where the reports go.
+
+    Returns:
+      None when there is no checkpoint.
+
+    Raises:
+      ResumeError: from ``check``, or when no checkpoint restores (naming each and why).
+    """
+    failures = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, progress = self.restore(like, step)
+        digest = progress.get('state_digest')
+        if digest is not None and digest != state_digest(state):
+          raise ValueError('the restored state differs from the state that was saved '
+                           '(digest mismatch)')
+        if check is not None:
+          check(progress)
+      except ResumeError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:300]
+        failures.append(f'checkpoint {step} ({reason})')
+        log(f'checkpoint {step} in {self.directory} cannot be restored ({reason}); it is '
+            'removed and the one before it is tried')
+        self._manager.delete(step)
+        continue
+      self._manager.reload()
+      self.latest_step = self._manager.latest_step()
+      return step, state, progress
+    self._manager.reload()
+    self.latest_step = self._manager.latest_step()
+    if failures:
+      raise ResumeError(f'no checkpoint in {self.directory} can be restored: '
+                        + '; '.join(failures) + '. Use a new --workdir to start over.')
+    return None
+
   def close(self) -> None:
-    """Waits for a save in flight to complete, then releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for a save in flight to complete, then releases the manager (once)."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
+
+
+def state_digest(state: PyTree) -> str:
+  """A SHA-256 of every leaf's bytes, shape and dtype (host copies), in tree order."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f'{array.dtype}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
 
 
 def open_workdir(config, workdir: str) -> Checkpointer | None:
@@ -226,8 +293,12 @@ def open_workdir(config, workdir: str) -> Checkpointer | None:
   if step is None:
     return checkpoints
   try:
-    check_same_run(checkpoints.progress(step)['config'], current, workdir,
-                   f'checkpoint {step} in {checkpoints.directory}')
+    try:
+      saved = checkpoints.progress(step)['config']
+    except Exception:  # pylint: disable=broad-except
+      saved = None  # Unreadable: the restore reports it and falls back to an older one.
+    if saved is not None:
+      check_same_run(saved, current, workdir, f'checkpoint {step} in {checkpoints.directory}')
     if step > config.num_cycles:
       raise ResumeError(
           f'config.num_cycles={config.num_cycles} is below the cycles already done: the '

@@ -4,6 +4,8 @@ r"""Runs one algorithm on one scenario.
       --config.num_devices=16 --config.hadfl.rho=0.25
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -13,6 +15,11 @@ import tensorflow_datasets as tfds
 from hadfl_jax import data
 from hadfl_jax import train
 from hadfl_jax import validation
+from hadfl_jax import workdir
+
+# The status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, as
+# for a process that the signal ended): not 0, so that a job wrapper runs it again.
+PREEMPTED_EXIT_CODE = 143
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl, summary.json.')
@@ -28,9 +35,13 @@ def main(argv):
   tfds.disable_progress_bar()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (validation.ConfigError, data.DatasetError, train.DivergenceError) as e:
-    # Bad input or a diverged run: the message says what and where; no traceback.
+  except (validation.ConfigError, data.DatasetError, train.DivergenceError,
+          workdir.WorkdirBusyError) as e:
+    # Bad input, a diverged run, a busy workdir: the message says what and where.
     raise SystemExit(f'error: {e}') from None
+  except train.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

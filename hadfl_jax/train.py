@@ -17,6 +17,7 @@ A run writes into ``workdir``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -39,6 +40,7 @@ from hadfl_jax import models as models_lib
 from hadfl_jax import optim
 from hadfl_jax import sharding
 from hadfl_jax import validation
+from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import profiles
 from hadfl_jax.core import task as task_lib
@@ -84,6 +86,20 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       quantity_alpha=partition.quantity_alpha,
       min_examples=partition.min_examples,
   )
+  report = data_lib.partition_report(train.labels, parts, train.num_classes)
+  # Batches are drawn with replacement from a device's own shard (docs/spec.md): a batch
+  # larger than a shard repeats examples. Allowed (many devices with tiny shards), but said
+  # and recorded in partition.json.
+  counts = np.asarray([len(p) for p in parts])
+  small_N = counts < config.batch_size
+  report['batch_size'] = config.batch_size
+  report['devices_with_fewer_examples_than_a_batch'] = int(small_N.sum())
+  if small_N.any():
+    smallest = int(np.argmin(counts))
+    print(f'warning: config.batch_size={config.batch_size} is larger than the shards of '
+          f'{int(small_N.sum())} of {len(counts)} devices (device {smallest} holds only '
+          f'{counts[smallest]} examples): their batches are drawn with replacement and '
+          'repeat examples (recorded in partition.json)', flush=True)
   device_data = data_lib.DeviceData.from_partition(train.images, train.labels, parts)
   model = models_lib.get_model(config.model, train.num_classes)
   init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
@@ -101,8 +117,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       faults=validation.faults_config(config),
       bytes_per_param=validation.profile_config(config).bytes_per_param,
   )
-  return Setup(problem, device_data, test,
-               data_lib.partition_report(train.labels, parts, train.num_classes))
+  return Setup(problem, device_data, test, report)
 
 
 def build_algorithm(config: ml_collections.ConfigDict,
@@ -501,32 +516,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config = validation.resolve(config)
   sharding.initialize_distributed(validation.engine_config(config))
-  checkpoints = checkpoint.open_workdir(config, workdir)
+  # One run per workdir (process 0 holds the lock for all processes of a run).
+  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
   try:
-    return _run(config, workdir, checkpoints, setup, evaluator)
+    checkpoints = checkpoint.open_workdir(config, workdir)
+    try:
+      with workdir_lib.PreemptionWatch() as preemption:
+        return _run(config, workdir, checkpoints, setup, evaluator, preemption)
+    finally:
+      if checkpoints is not None:
+        checkpoints.close()  # Completes a save in flight: the last good state.
   finally:
-    if checkpoints is not None:
-      checkpoints.close()  # Completes a save in flight: the last good state.
+    if lock is not None:
+      lock.release()
+
+
+class Preempted(RuntimeError):
+  """The run was told to stop (SIGTERM, a preemption notice) and saved a checkpoint."""
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str,
          checkpoints: checkpoint.Checkpointer | None,
          setup: Setup | None = None,
-         evaluator: evaluation.Evaluator | None = None) -> dict:
+         evaluator: evaluation.Evaluator | None = None,
+         preemption: workdir_lib.PreemptionWatch | None = None) -> dict:
   """The body of :func:`train_and_evaluate`, once the workdir is known to fit."""
   wall_start = time.perf_counter()
+  # Only process 0 writes the run's files; every process takes part in checkpoints.
+  writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   summary_path = os.path.join(workdir, 'summary.json')
-  if os.path.exists(summary_path):
-    os.remove(summary_path)  # Written again when this run ends.
+  if writer:
+    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    if os.path.exists(summary_path):
+      os.remove(summary_path)  # Written again when this run ends.
 
   if setup is None:
     setup = build_setup(config)
   else:
     setup = dataclasses.replace(setup, problem=dataclasses.replace(
         setup.problem, optimizer=optim.make_optimizer(validation.optimizer_config(config))))
-  _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
+  if writer:
+    _write_json(os.path.join(workdir, 'partition.json'), setup.partition_report)
   problem = setup.problem
   algorithm = build_algorithm(config, problem)
   if evaluator is None:
@@ -544,26 +577,44 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   resumed_from = None
   if checkpoints is not None and checkpoints.latest_step is not None:
     state = sharding.place(state, sharding.tree_shardings(state, problem.num_devices, mesh))
-    state, saved = checkpoints.restore(state)
-    progress = Progress.from_state_dict(saved)
-    resumed_from = progress.ledger.cycles
-    print(f'[{algorithm.name}] resuming after cycle {resumed_from} from '
-          f'{checkpoints.directory}', flush=True)
+    current = checkpoint.to_json_tree(config)
+    restored = checkpoints.restore_newest_good(state, check=lambda p: checkpoint.check_same_run(
+        p['config'], current, workdir, f'a checkpoint in {checkpoints.directory}'))
+    if restored is not None:
+      _, state, saved = restored
+      progress = Progress.from_state_dict(saved)
+      resumed_from = progress.ledger.cycles
+      print(f'[{algorithm.name}] resuming after cycle {resumed_from} from '
+            f'{checkpoints.directory}', flush=True)
   # metrics.jsonl holds exactly the rows of the state the run continues from.
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  _write_rows(metrics_path, progress.history)
+  if writer:
+    _write_rows(metrics_path, progress.history)
   save_every = config.checkpoint_every if checkpoints is not None else 0
+  preempted_at = []
+
+  def save(cycles_done: int, state, progress: Progress) -> None:
+    nonlocal checkpoints
+    if checkpoints is None:  # Preempted before any checkpoint was asked for.
+      checkpoints = checkpoint.Checkpointer(workdir)
+    checkpoints.save(cycles_done, state, {'config': checkpoint.to_json_tree(config),
+                                          **progress.state_dict()})
 
   def on_cycle_end(cycles_done: int, state, progress: Progress, last: bool) -> None:
-    if save_every and (not cycles_done % save_every or last):
-      checkpoints.save(cycles_done, state, {'config': checkpoint.to_json_tree(config),
-                                            **progress.state_dict()})
+    # A preemption notice (SIGTERM) is acted on at the next cycle boundary: save, stop.
+    stop = not last and preemption is not None and preemption.should_stop(cycles_done)
+    if stop or (save_every and (not cycles_done % save_every or last)):
+      save(cycles_done, state, progress)
+    if stop:
+      preempted_at.append(cycles_done)
+      raise Preempted(cycles_done)
 
-  with open(metrics_path, 'a') as metrics_file:
+  with open(metrics_path, 'a') if writer else contextlib.nullcontext() as metrics_file:
 
     def on_row(row: dict) -> None:
-      metrics_file.write(json.dumps(row) + '\n')
-      metrics_file.flush()
+      if metrics_file is not None:
+        metrics_file.write(json.dumps(row) + '\n')
+        metrics_file.flush()
 
     try:
       state, progress = run(
@@ -572,6 +623,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
           max_sim_time=config.max_sim_time,
           schedule=EvalSchedule.from_config(config, progress.history), progress=progress,
           mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end)
+    except Preempted:
+      checkpoints.close()  # The checkpoint is complete before the process goes.
+      raise Preempted(
+          f'preempted: stopped after cycle {preempted_at[0]} with a checkpoint in '
+          f'{checkpoints.directory}; run the same command again to resume') from None
     except DivergenceError as error:
       if not save_every:
         raise
@@ -581,11 +637,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       raise DivergenceError(f'{error}; {kept}') from None
 
   summary = summarize(algorithm, problem, progress, config.target_accuracy)
-  # Wall time is not part of the summary: the same config and seed must give the same
-  # summary.json on any machine; it goes to timing.json instead.
-  _write_json(summary_path, summary)
   wall_time = time.perf_counter() - wall_start
-  _write_json(os.path.join(workdir, 'timing.json'),
-              {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from})
-  print(format_summary(summary, wall_time), flush=True)
+  if writer:
+    # Wall time is not part of the summary: the same config and seed must give the same
+    # summary.json on any machine; it goes to timing.json instead.
+    _write_json(summary_path, summary)
+    _write_json(os.path.join(workdir, 'timing.json'),
+                {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from})
+    print(format_summary(summary, wall_time), flush=True)
   return summary

@@ -60,8 +60,9 @@ class Spec:
   """What one field allows (read by :class:`Section` and by the property tests).
 
   Attributes:
-    kind: ``number``, ``integer``, ``choice``, ``boolean``, ``string``, ``numbers`` (a
-      tuple of numbers) or ``rows`` (a tuple of integer rows of ``width``).
+    kind: ``number``, ``integer``, ``choice``, ``boolean``, ``string`` (non-empty),
+      ``text`` (any string), ``numbers`` or ``integers`` (a tuple of them), ``names`` (a
+      tuple of distinct choices) or ``rows`` (a tuple of integer rows of ``width``).
     low, high, low_open, high_open: bounds of a number (or of each element).
     optional: None is allowed too.
     choices: the allowed names: a tuple, or any object with ``names()`` (a
@@ -118,13 +119,25 @@ class Spec:
       if not isinstance(value, str) or not value:
         fail(field, value, f'must be a non-empty string{none}')
       return value
-    if self.kind == 'numbers':
-      what = f'must be a tuple of at least {self.min_len} numbers in {bounds}'
+    if self.kind in ('numbers', 'integers'):
+      integer = self.kind == 'integers'
+      what = (f'must be a tuple of at least {self.min_len} {self.kind} in {bounds}')
       if not isinstance(value, (tuple, list)) or len(value) < self.min_len or not all(
-          is_number(v) and math.isfinite(v) and in_bounds(v, self.low, self.high, self.low_open,
-                                                           self.high_open) for v in value):
+          is_number(v, integer) and math.isfinite(v) and
+          in_bounds(v, self.low, self.high, self.low_open, self.high_open) for v in value):
         fail(field, value, what)
-      return tuple(float(v) for v in value)
+      return tuple(int(v) if integer else float(v) for v in value)
+    if self.kind == 'names':
+      allowed = self.allowed_choices()
+      if (not isinstance(value, (tuple, list)) or len(value) < max(self.min_len, 1) or
+          len(set(value)) != len(value) or
+          not all(isinstance(v, str) and v in allowed for v in value)):
+        fail(field, value, f'must be a tuple of distinct names from {allowed}')
+      return tuple(value)
+    if self.kind == 'text':
+      if not isinstance(value, str):
+        fail(field, value, 'must be a string')
+      return value
     if self.kind == 'rows':
       if not isinstance(value, (tuple, list)) or not all(
           isinstance(r, (tuple, list)) and len(r) == self.width and
@@ -171,6 +184,21 @@ def numbers(default: tuple | None, *, low=None, high=None, low_open=False, min_l
   """A tuple of at least ``min_len`` finite numbers within the bounds."""
   return _field(default, Spec('numbers', low, high, low_open, optional=optional,
                               min_len=min_len, doc=doc))
+
+
+def integers(default: tuple, *, low=None, high=None, min_len=1, doc=''):
+  """A tuple of at least ``min_len`` integers within the closed bounds."""
+  return _field(default, Spec('integers', low, high, min_len=min_len, doc=doc))
+
+
+def names(default: tuple, choices, doc=''):
+  """A non-empty tuple of distinct names from ``choices`` (a tuple or a registry)."""
+  return _field(default, Spec('names', choices=choices, doc=doc))
+
+
+def text(default: str, doc=''):
+  """Any string, the empty one included."""
+  return _field(default, Spec('text', doc=doc))
 
 
 def rows(default: tuple, *, width: int, doc=''):
@@ -261,9 +289,9 @@ def describe(cls) -> str:
     spec = f.metadata.get('spec')
     if spec is None:
       continue
-    if spec.kind == 'choice':
+    if spec.kind in ('choice', 'names'):
       allowed = ' | '.join(spec.allowed_choices())
-    elif spec.kind in ('number', 'integer', 'numbers'):
+    elif spec.kind in ('number', 'integer', 'numbers', 'integers'):
       allowed = interval(spec.low, spec.high, spec.low_open, spec.high_open)
     else:
       allowed = spec.kind

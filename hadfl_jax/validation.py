@@ -14,16 +14,14 @@ checks the rest of ``configs/default.py`` (``tests/validation_test.py`` mutates 
 field) and what crosses sections: K <= N (the algorithm's ``check_devices``), the mesh
 dividing N, a down trace naming existing devices, the examples per device. A config
 without a field fails with "missing", except the optional blocks (``compare``,
-``engine``) and the fields of ``compare``, each checked when present.
+``engine``) and the fields of the typed sections.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import math
 import os
-import re
 from collections.abc import Sequence
 
 from hadfl_jax import algorithms as algorithms_lib
@@ -31,6 +29,7 @@ from hadfl_jax import data as data_lib
 from hadfl_jax import models as models_lib
 from hadfl_jax import optim
 from hadfl_jax import typed_config as tc
+from hadfl_jax.comparison import config as comparison_config
 from hadfl_jax.core import engine as engine_lib
 from hadfl_jax.core import faults as faults_lib
 from hadfl_jax.core import profiles
@@ -103,6 +102,11 @@ def optimizer_config(config) -> optim.OptimizerConfig:
   return optim.OptimizerConfig.from_config(_get(config, 'optimizer'))
 
 
+def compare_config(config) -> comparison_config.CompareConfig:
+  """The typed ``config.compare`` (absent fields: the defaults)."""
+  return comparison_config.CompareConfig.from_config(config.get('compare'))
+
+
 # The common typed sections: (name, how to read it from a config).
 COMMON_SECTIONS = (('partition', partition_config), ('optimizer', optimizer_config),
                    ('profile', profile_config), ('faults', faults_config),
@@ -144,20 +148,6 @@ def _string(config, field: str, *, optional=False) -> str | None:
   return tc.Spec('string', optional=optional).coerce(field, _get(config, field))
 
 
-def _sequence(config, field: str, *, integer=False, low=None, low_open=False,
-              min_len=1) -> tuple:
-  """A tuple or list of at least ``min_len`` finite numbers (integers if ``integer``),
-  each >= low (> low if low_open)."""
-  value = _get(config, field)
-  kind = 'integers' if integer else 'numbers'
-  bound = '' if low is None else f' {">" if low_open else ">="} {low}'
-  if not isinstance(value, (tuple, list)) or len(value) < min_len or not all(
-      _is_number(v, integer) and math.isfinite(v) and tc.in_bounds(v, low, None, low_open)
-      for v in value):
-    _fail(field, value, f'must be a tuple of at least {min_len} {kind}{bound}')
-  return tuple(value)
-
-
 def _validate_data(config) -> None:
   name = _get(config, 'dataset.name')
   if not isinstance(name, str) or not is_known_dataset(name):
@@ -172,50 +162,6 @@ def _validate_data(config) -> None:
       _fail('dataset.idx_dir', idx_dir, f'{name} needs the directory of the four IDX files')
     if not os.path.isdir(os.path.expanduser(idx_dir)):
       _fail('dataset.idx_dir', idx_dir, 'directory does not exist')
-
-
-_EXTRA_STEPS = re.compile(r'^\s*([\w/]+)\s*=\s*\d+(\s*,\s*\d+)*\s*,?\s*$')
-
-
-def _validate_compare(config, algorithms: Sequence[str]) -> None:
-  """The comparison's fields, each checked when present: ``hadfl_jax.compare`` grows new
-  ones often, and a run must not fail on one that a config predates."""
-  present = set(config.compare.keys())
-  if 'algorithms' in present:
-    names = config.compare.algorithms
-    if (not isinstance(names, (tuple, list)) or not names or len(set(names)) != len(names)
-        or not all(isinstance(a, str) and a in algorithms for a in names)):
-      _fail('compare.algorithms', names,
-            f'must be a tuple of distinct names from {tuple(algorithms)}')
-  if 'learning_rates' in present:
-    _sequence(config, 'compare.learning_rates', low=0, low_open=True)
-  if 'local_steps' in present:
-    _sequence(config, 'compare.local_steps', integer=True, low=1)
-  if 'extra_local_steps' in present:
-    extra = config.compare.extra_local_steps
-    if not isinstance(extra, str):
-      _fail('compare.extra_local_steps', extra,
-            "must be a string such as 'dfedavg=20,10;dpsgd=5'")
-    for part in filter(None, (p.strip() for p in extra.split(';'))):
-      match = _EXTRA_STEPS.match(part)
-      if not match or match.group(1) not in algorithms or not all(
-          int(v) >= 1 for v in part.split('=')[1].split(',') if v.strip()):
-        _fail('compare.extra_local_steps', extra, "must look like 'dfedavg=20,10;dpsgd=5': "
-              f'algorithm names from {tuple(algorithms)}, steps >= 1; bad part {part!r}')
-  for name in ('eval_interval_s', 'eval_growth'):
-    if name in present:
-      _number(config, f'compare.{name}', low=0)
-  if 'winners_from' in present:
-    winners = config.compare.winners_from
-    if winners is not None and (not isinstance(winners, str) or (
-        winners and not os.path.isfile(os.path.expanduser(winners)))):
-      _fail('compare.winners_from', winners, 'must be None or the path of an existing '
-            'results.json')
-  if 'sweep_ratios' in present:
-    _sequence(config, 'compare.sweep_ratios', low=1)
-  for name in ('sweep', 'ablation', 'cached_only'):
-    if name in present:
-      _bool(config, f'compare.{name}')
 
 
 def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
@@ -248,8 +194,7 @@ def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
   for section, read in COMMON_SECTIONS:
     read(config).check_devices(n, f'{section}.')
   if 'compare' in config:
-    _validate_compare(config, algorithms)
-    for other in config.compare.get('algorithms', ()):
+    for other in compare_config(config).algorithms:
       algorithm_config(config, other).check_devices(n, f'{other}.')
 
   # The run.
@@ -276,6 +221,8 @@ def resolve(config):
     resolved[config.algorithm] = algorithm_config(config).to_config_dict()
     for section, read in COMMON_SECTIONS:
       resolved[section] = read(config).to_config_dict()
+    if 'compare' in config:
+      resolved.compare = compare_config(config).to_config_dict()
   return resolved
 
 

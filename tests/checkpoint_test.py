@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import pytest
 
-from hadfl_jax import algorithms
 from hadfl_jax import checkpoint
 from hadfl_jax import evaluation
 from hadfl_jax import train
@@ -164,7 +163,7 @@ def test_a_workdir_without_checkpoints_refuses_a_different_config(digits_data_di
   config.optimizer.learning_rate = 0.01
   with pytest.raises(checkpoint.ResumeError, match='optimizer.learning_rate: 0.05 in the workdir'):
     train.train_and_evaluate(config, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ['config.json']
+  assert sorted(os.listdir(tmp_path)) == ['.lock', 'config.json']  # The lock: empty, free.
 
 
 def test_fewer_cycles_than_done_is_refused(finished, copy_of, digits_data_dir):

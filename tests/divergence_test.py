@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hadfl_jax import algorithms
 from hadfl_jax import checkpoint
 from hadfl_jax import train
 from hadfl_jax.algorithms import base

@@ -9,7 +9,6 @@ import chex
 import jax
 import numpy as np
 
-from hadfl_jax import algorithms
 from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax.algorithms import hadfl

@@ -21,9 +21,21 @@ from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax.algorithms import reference
 from hadfl_jax.core import mixing
+from tests import compile_cache
 from tests import fixtures
 
 PLUGIN = 'tests.plugin_example'
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _cache(cache_dir):
+  with compile_cache.persistent_compilation_cache(cache_dir):
+    yield
 
 
 @pytest.fixture(autouse=True)
@@ -63,23 +75,26 @@ def test_random_pairs_are_a_symmetric_matching(plugin_example):
     assert np.asarray(mixing.synced(mix, 9)).sum() == 6
 
 
-def test_plugin_runs_from_the_command_line_and_resumes(quick_config, tmp_path, plugin_example):
+def test_plugin_runs_from_the_command_line_and_resumes(quick_config, tmp_path, plugin_example,
+                                                       cache_dir):
   config = _plugin_config(quick_config)
   workdir = tmp_path / 'cli'
+  # Four cycles from Python, checkpointed; then the command line resumes to six.
+  config.num_cycles, config.checkpoint_every = 4, 2
+  train.train_and_evaluate(config, str(workdir))
   cmd = [sys.executable, '-m', 'hadfl_jax.main', '--config', 'configs/default.py',
          f'--workdir={workdir}', f'--config.dataset.data_dir={config.dataset.data_dir}',
          f'--config.imports=("{PLUGIN}",)', '--config.algorithm=pairwise_gossip',
          '--config.model=tiny_mlp', '--config.loss=smoothed_cross_entropy',
          '--config.partition.kind=round_robin', '--config.eval_every=2',
-         '--config.checkpoint_every=2']
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  first = subprocess.run(cmd + ['--config.num_cycles=4'], cwd=fixtures.REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
-  assert first.returncode == 0, first.stderr[-3000:]
-  second = subprocess.run(cmd + ['--config.num_cycles=6'], cwd=fixtures.REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert 'resuming after cycle 4' in second.stdout
+         '--config.checkpoint_every=2', '--config.num_cycles=6']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  out = subprocess.run(cmd, cwd=fixtures.REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'resuming after cycle 4' in out.stdout
 
   with open(workdir / 'config.json') as f:
     recorded = json.load(f)
@@ -90,7 +105,7 @@ def test_plugin_runs_from_the_command_line_and_resumes(quick_config, tmp_path, p
   assert recorded['pairwise_gossip'] == plugin_example.Config().to_dict()
 
   # Resumed, the files are those of a run never stopped.
-  config.num_cycles = 6
+  config.num_cycles, config.checkpoint_every = 6, 0
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
   assert _rows(workdir) == _rows(tmp_path / 'straight')
   rows = _rows(workdir)
@@ -137,7 +152,7 @@ def test_compare_runs_a_plugin_beside_hadfl(quick_config, tmp_path):
   config.dataset.data_dir = quick_config.dataset.data_dir
   config.imports = (PLUGIN,)
   config.compare.algorithms = ('hadfl', 'pairwise_gossip')
-  config.max_sim_time = 2.0
+  config.max_sim_time = 1.0
   results = compare.compare(config, str(tmp_path), log=lambda _: None)
   assert set(results['algorithms']) == {'hadfl', 'pairwise_gossip'}
   gossip = results['algorithms']['pairwise_gossip']

@@ -29,6 +29,7 @@ from hadfl_jax import optim
 from hadfl_jax import train
 from hadfl_jax import typed_config
 from hadfl_jax import validation
+from hadfl_jax.comparison import config as comparison_config
 from hadfl_jax.core import engine as engine_lib
 from hadfl_jax.core import faults as faults_lib
 from hadfl_jax.core import profiles
@@ -107,22 +108,39 @@ def _from_spec(spec: typed_config.Spec):
     return _NOT_OPTIONAL_STRINGS if spec.optional else _NOT_STRINGS
   if spec.kind == 'rows':
     return _NOT_ROWS
+  if spec.kind == 'text':
+    return st.one_of(st.integers(), st.none(), st.lists(st.text(max_size=2), max_size=2))
+  if spec.kind == 'names':
+    allowed = spec.allowed_choices()
+    return st.one_of(st.just(()), st.just((allowed[0], allowed[0])), st.none(),
+                     st.text(max_size=5), st.lists(st.text(max_size=5).filter(
+                         lambda v: v not in allowed), min_size=1, max_size=3))
+  if spec.kind == 'integers':
+    return st.one_of(st.just(()), st.lists(st.integers(max_value=int(spec.low) - 1),
+                                           min_size=1, max_size=3),
+                     st.just((5, 2.5)), st.none(), st.integers(1, 5))
   if spec.kind == 'numbers':
     below = (st.floats(max_value=spec.low, allow_nan=False) if spec.low_open
              else st.floats(max_value=spec.low, exclude_max=True, allow_nan=False))
     return st.one_of(st.lists(below, min_size=1, max_size=3), st.integers(),
                      st.text(min_size=1, max_size=3),
                      st.lists(st.sampled_from([math.nan, math.inf, 'x']), min_size=1,
-                              max_size=3))
+                              max_size=3),
+                     *([st.just(())] if spec.min_len >= 1 else []),
+                     *([] if spec.optional else [st.none()]))
   raise AssertionError(f'no invalid values for {spec}')
 
 
 TYPED_SECTIONS = [(name, algorithms.ALGORITHMS.get(name).Config) for name in algorithms.names()
                   ] + [('engine', engine_lib.EngineConfig), ('faults', faults_lib.FaultsConfig),
                        ('partition', data_lib.PartitionConfig), ('optimizer', optim.OptimizerConfig),
-                       ('profile', profiles.ProfileConfig)]
+                       ('profile', profiles.ProfileConfig),
+                       ('compare', comparison_config.CompareConfig)]
 # Values each field allows alone that the config's other fields refuse.
 CROSS_FIELD = {
+    'compare.extra_local_steps': st.sampled_from(
+        ['nope=3', 'dfedavg=0', 'dfedavg', 'dfedavg=a', 'dfedavg=5;x=2']),
+    'compare.winners_from': st.just('/no/such/results.json'),
     'profile.speeds': st.one_of(  # The default kind is 'list': one speed per device.
         st.lists(st.floats(0.1, 10), max_size=12).filter(lambda s: len(s) != N),
         st.lists(st.floats(max_value=0), min_size=N, max_size=N),
@@ -155,27 +173,6 @@ INVALID = {
     'num_devices': _numbers(low=1, integer=True),
     'model': _names(models.MODELS.names()),
     'batch_size': _numbers(low=1, integer=True),
-    'compare.algorithms': st.one_of(
-        st.just(()), st.just(('hadfl', 'hadfl')), st.just(('hadfl', 'sgd')),
-        st.lists(st.text(max_size=5).filter(lambda s: s not in algorithms.names()),
-                 min_size=1, max_size=3), st.text(max_size=5), st.none()),
-    'compare.learning_rates': st.one_of(
-        st.just(()), st.lists(st.floats(max_value=0), min_size=1, max_size=3),
-        st.just((0.1, math.nan)), st.none(), st.floats(0.1, 1)),
-    'compare.local_steps': st.one_of(
-        st.just(()), st.lists(st.integers(max_value=0), min_size=1, max_size=3),
-        st.just((5, 2.5)), st.none(), st.integers(1, 5)),
-    'compare.extra_local_steps': st.one_of(
-        st.sampled_from(['nope=3', 'dfedavg=0', 'dfedavg', 'dfedavg=a', 'dfedavg=5;x=2']),
-        st.integers(), st.none()),
-    'compare.eval_interval_s': _numbers(low=0),
-    'compare.eval_growth': _numbers(low=0),
-    'compare.winners_from': st.one_of(st.just('/no/such/results.json'), st.integers()),
-    'compare.sweep_ratios': st.one_of(
-        st.just(()), st.lists(st.floats(-10, 0.99), min_size=1, max_size=3), st.none()),
-    'compare.sweep': _NOT_BOOLS,
-    'compare.ablation': _NOT_BOOLS,
-    'compare.cached_only': _NOT_BOOLS,
     'num_cycles': _numbers(low=1, integer=True),
     'max_sim_time': _numbers(low=0),
     'eval_every': _numbers(low=1, integer=True),
@@ -237,8 +234,7 @@ def test_an_invalid_field_is_named_before_any_work(tmp_path_factory, data):
   assert 'is invalid' in message
 
 
-@pytest.mark.parametrize('field', sorted(
-    f for f in INVALID if not f.startswith('compare.') and f not in TYPED and f != 'imports'))
+@pytest.mark.parametrize('field', sorted(f for f in INVALID if f not in TYPED and f != 'imports'))
 def test_a_missing_field_is_named(tmp_path, field):
   message = _assert_refused_in_validator(_with(field, None, remove=True), field,
                                          tmp_path / 'run')

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
 
 import flax
 import jax

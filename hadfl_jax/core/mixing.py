@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import chex
 import flax
 import jax
 import jax.numpy as jnp

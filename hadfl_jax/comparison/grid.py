@@ -1,0 +1,82 @@
+"""The comparison's grid: which points each algorithm runs, and what a point sets.
+
+Every algorithm takes its learning rate from ``compare.learning_rates`` and, where its
+module lists ``h`` in ``GRID_KNOBS``, its H from ``compare.local_steps`` (plus
+``compare.extra_local_steps``); the algorithm's module maps the point onto its typed config
+(:func:`hadfl_jax.algorithms.apply_grid_point`), so nothing here branches on a name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import ml_collections
+
+from hadfl_jax import algorithms
+from hadfl_jax import validation
+
+
+def parse_extra_local_steps(spec: str) -> dict[str, tuple[int, ...]]:
+  """``'dfedavg=20,10;dpsgd=5'`` -> ``{'dfedavg': (20, 10), 'dpsgd': (5,)}``."""
+  out = {}
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    name, _, values = part.partition('=')
+    out[name.strip()] = tuple(int(v) for v in values.split(',') if v.strip())
+  return out
+
+
+def grid_points(config, algorithm: str) -> list[dict]:
+  """The hyperparameter grid of one algorithm: dicts with ``lr`` and maybe ``h``.
+
+  With ``compare.winners_from`` (the path of an earlier ``results.json``) the grid is the
+  single point that won there, where that comparison ran the algorithm.
+  """
+  cmp = config.compare
+  if cmp.get('winners_from'):
+    with open(cmp.winners_from) as f:
+      earlier = json.load(f)['algorithms']
+    if algorithm in earlier:
+      return [dict(earlier[algorithm]['chosen'])]
+  points = []
+  extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
+  steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
+  for lr in cmp.learning_rates:
+    if 'h' in algorithms.grid_knobs(algorithm):
+      points.extend({'lr': float(lr), 'h': int(h)} for h in steps)
+    else:
+      points.append({'lr': float(lr)})
+  return points
+
+
+def apply_point(config, algorithm: str, point: dict, problem) -> ml_collections.ConfigDict:
+  """A copy of ``config`` that runs ``algorithm`` with the grid point's values.
+
+  ``lr`` sets the optimizer's learning rate; the algorithm's module maps the rest (``h``,
+  and e.g. DDP's cycle length from the evaluation interval) onto its typed config
+  (:func:`hadfl_jax.algorithms.apply_grid_point`); ``'<algorithm>.<field>'`` keys (an
+  ablation's) override its fields.
+  """
+  cfg = copy.deepcopy(config)
+  cfg.algorithm = algorithm
+  cfg.optimizer.learning_rate = point['lr']
+  section = algorithms.apply_grid_point(
+      algorithm, validation.algorithm_config(cfg), point,
+      algorithms.GridContext(problem=problem, eval_interval_s=eval_interval(config, problem)))
+  with cfg.unlocked():
+    cfg[algorithm] = section.to_config_dict()
+  return cfg
+
+
+def eval_interval(config, problem) -> float:
+  """``compare.eval_interval_s``, or (0) about 4 cycles of HADFL at the grid's smallest H."""
+  if config.compare.eval_interval_s > 0:
+    return float(config.compare.eval_interval_s)
+  h = min(config.compare.local_steps)
+  del problem
+  return float(4 * h * config.profile.seconds_per_step)
+
+
+def point_tag(point: dict) -> str:
+  return '_'.join(f'{k.split(".")[-1]}{v}' for k, v in sorted(point.items()))
+

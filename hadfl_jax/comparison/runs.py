@@ -1,0 +1,95 @@
+"""One grid point's run, cached: a finished run of the same config is reused.
+
+A run is keyed by :func:`run_key`: the resolved config without the comparison's grids,
+without other algorithms' sections and without ``engine`` (how the simulation is
+scheduled, which by its contract never changes what it computes beyond float rounding),
+plus the evaluation schedule it implies. ``run_key.json`` is written last, once the run's
+files are complete, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import time
+
+from hadfl_jax import checkpoint
+from hadfl_jax import train
+from hadfl_jax import validation
+from hadfl_jax.comparison.grid import eval_interval
+
+
+RUN_KEY_FILE = 'run_key.json'
+
+
+def write_json(path: str, obj) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(path + '.tmp', path)
+
+
+def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
+  """Runs one algorithm with one config on a shared setup; returns its record.
+
+  The run is :func:`hadfl_jax.train.train_and_evaluate`'s, on the shared data and
+  evaluator, with the evaluation schedule in simulated seconds described in the module
+  docstring. A finished run of the same config in ``workdir`` is reused.
+  """
+  validation.validate(config)
+  cached = load_run(config, workdir)
+  if cached is not None:
+    return cached
+  if os.path.isdir(workdir):  # A stale or unfinished run of another config: start over.
+    shutil.rmtree(workdir)
+  run_config = copy.deepcopy(config)
+  run_config.eval_interval_s = eval_interval(config, None)
+  run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
+  wall = time.perf_counter()
+  train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator)
+  with open(os.path.join(workdir, 'timing.json')) as f:
+    timing = json.load(f)
+  timing['wall_time_s'] = time.perf_counter() - wall
+  write_json(os.path.join(workdir, 'timing.json'), timing)
+  write_json(os.path.join(workdir, RUN_KEY_FILE), run_key(config))
+  return load_run(config, workdir)
+
+
+def run_key(config) -> dict:
+  """What determines a run: the config without the comparison's grids, without the
+  sections of other algorithms and without ``engine`` (how the simulation is scheduled,
+  which by its contract never changes what it computes beyond float rounding), plus the
+  evaluation schedule it implies."""
+  d = checkpoint.active_sections(checkpoint.to_json_tree(validation.resolve(config)))
+  d.pop('compare', None)
+  d.pop('engine', None)
+  d.pop('eval_interval_s', None)  # Set from compare.*, recorded as eval_schedule.
+  d.pop('eval_growth', None)
+  d['eval_schedule'] = {'interval_s': eval_interval(config, None),
+                        'growth': float(config.compare.get('eval_growth', 0.1))}
+  return d
+
+
+def load_run(config, workdir: str) -> dict | None:
+  """A finished run of exactly this config in ``workdir`` (so grids can be extended and
+  interrupted comparisons resumed without recomputing), else None.
+
+  ``run_key.json`` is written last, once the run's files are complete.
+  """
+  names = (RUN_KEY_FILE, 'summary.json', 'metrics.jsonl', 'timing.json')
+  paths = [os.path.join(workdir, f) for f in names]
+  if not all(os.path.exists(p) for p in paths):
+    return None
+  with open(paths[0]) as f:
+    if json.load(f) != json.loads(json.dumps(run_key(config))):
+      return None
+  with open(paths[1]) as f:
+    record = json.load(f)
+  with open(paths[2]) as f:
+    history = [json.loads(line) for line in f if line.strip()]
+  with open(paths[3]) as f:
+    wall = json.load(f).get('wall_time_s', float('nan'))
+  return {**record, 'wall_time_s': wall, 'history': history}
+
