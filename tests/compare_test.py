@@ -8,6 +8,7 @@ import pytest
 from configs import quick_compare
 from hadfl_jax import algorithms
 from hadfl_jax import compare
+from hadfl_jax import train
 from tests import fixtures
 
 
@@ -128,3 +129,25 @@ def test_ablation_over_seeds(tmp_path):
   table = compare.ablation_over_seeds(paths)
   assert '| hadfl.rho | 0.5 | 3.00 | 2.00, 4.00 | 0.9000 |' in table
   assert '| hadfl.rho | 1.0 | >= 8.00 | not reached, 6.00 | 0.8000 |' in table
+
+
+def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
+  # results/quick_digits was computed before each algorithm had its own config section;
+  # its COMMAND, run today, finds every cached run (runs/<algorithm>_<point>/run_key.json).
+  config.hadfl.weights = 'data'
+  config.target_accuracy, config.max_sim_time = 0.95, 60.0
+  config.compare.learning_rates, config.compare.local_steps = (0.02, 0.05, 0.1), (5, 20)
+  setup = train.build_setup(config)
+  runs = fixtures.REPO / 'results' / 'quick_digits' / 'runs'
+  found = 0
+  for name in config.compare.algorithms:
+    for point in compare.grid_points(config, name):
+      cfg = compare.apply_point(config, name, point, setup.problem)
+      run = runs / f'{name}_{compare.point_tag(point)}'
+      assert compare.load_run(cfg, str(run)) is not None, run
+      found += 1
+  assert found == 27
+  # A different value of the algorithm's own section is another run.
+  cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5, 'dfedavg.opt_state': 'keep'},
+                            setup.problem)
+  assert compare.load_run(cfg, str(runs / 'dfedavg_h5_lr0.05')) is None

@@ -9,6 +9,19 @@ import pytest  # pylint: disable=g-import-not-at-top
 from tests import fixtures  # pylint: disable=g-import-not-at-top
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """One persistent JAX compilation cache for the session, shared by the xdist workers:
+  the many runs of the same small programs compile once (modules that set their own
+  cache restore this one afterwards)."""
+  from tests import compile_cache  # pylint: disable=g-import-not-at-top
+
+  directory = tmp_path_factory.getbasetemp().parent / 'jax_compilation_cache'
+  directory.mkdir(exist_ok=True)
+  with compile_cache.persistent_compilation_cache(directory):
+    yield
+
+
 def _registries():
   import hadfl_jax  # pylint: disable=g-import-not-at-top
 

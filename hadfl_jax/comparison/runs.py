@@ -59,10 +59,11 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
 
 def run_key(config) -> dict:
   """What determines a run: the config without the comparison's grids, without the
-  sections of other algorithms and without ``engine`` (how the simulation is scheduled,
-  which by its contract never changes what it computes beyond float rounding), plus the
-  evaluation schedule it implies."""
+  sections of other algorithms, without ``engine`` (how the simulation is scheduled,
+  which by its contract never changes what it computes beyond float rounding) and
+  without the data's location on this machine, plus the evaluation schedule it implies."""
   d = checkpoint.active_sections(checkpoint.to_json_tree(validation.resolve(config)))
+  _drop_locations(d)
   d.pop('compare', None)
   d.pop('engine', None)
   d.pop('eval_interval_s', None)  # Set from compare.*, recorded as eval_schedule.
@@ -83,7 +84,7 @@ def load_run(config, workdir: str) -> dict | None:
   if not all(os.path.exists(p) for p in paths):
     return None
   with open(paths[0]) as f:
-    if json.load(f) != json.loads(json.dumps(run_key(config))):
+    if upgrade_run_key(json.load(f)) != json.loads(json.dumps(run_key(config))):
       return None
   with open(paths[1]) as f:
     record = json.load(f)
@@ -93,3 +94,43 @@ def load_run(config, workdir: str) -> dict | None:
     wall = json.load(f).get('wall_time_s', float('nan'))
   return {**record, 'wall_time_s': wall, 'history': history}
 
+
+
+def _drop_locations(key: dict) -> None:
+  for field in ('data_dir', 'idx_dir'):  # Where the same data lives (checkpoint.py).
+    key.get('dataset', {}).pop(field, None)
+
+
+# The fields of the single ``baselines`` section of run keys written before each algorithm
+# had its own section, by the algorithm that read them: new name <- old name.
+_OLD_BASELINE_FIELDS = {
+    'ddp': {'steps_per_cycle': 'ddp_steps'},
+    'dfedavg': {'local_steps': 'local_steps', 'opt_state': 'opt_state'},
+    'fedavg': {'local_steps': 'local_steps', 'fraction': 'fedavg_fraction',
+               'opt_state': 'opt_state'},
+    'dpsgd': {'local_steps': 'local_steps', 'graph': 'graph', 'opt_state': 'opt_state'},
+}
+
+
+def upgrade_run_key(key: dict) -> dict:
+  """A run key written before the per-algorithm sections, in today's form (else as is).
+
+  Then one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
+  coordinator's ``speed_ema`` lived in ``profile``, and there were no ``loss`` and
+  ``imports`` fields (cross-entropy, nothing imported). The runs computed the same
+  numbers (``tests/compare_test.py`` checks the upgrade), so cached runs stay usable.
+  """
+  key = json.loads(json.dumps(key))
+  _drop_locations(key)
+  if 'baselines' not in key:
+    return key
+  baselines, hadfl = key.pop('baselines'), key.pop('hadfl')
+  speed_ema = key['profile'].pop('speed_ema', 0.9)
+  name = key['algorithm']
+  if name == 'hadfl':
+    key['hadfl'] = {**hadfl, 'speed_ema': speed_ema}
+  else:
+    key[name] = {new: baselines[old] for new, old in _OLD_BASELINE_FIELDS[name].items()}
+  key.setdefault('imports', [])
+  key.setdefault('loss', 'cross_entropy')
+  return key
