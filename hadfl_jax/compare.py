@@ -78,13 +78,16 @@ from hadfl_jax.comparison.report import speedup
 from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
 from hadfl_jax.comparison.runs import load_run
+from hadfl_jax.comparison.runs import RunRecord
+from hadfl_jax.comparison.runs import Tuned
 from hadfl_jax.comparison.runs import run_point
 from hadfl_jax.comparison.runs import write_json
 from hadfl_jax.core import profiles
 
 __all__ = ['ABLATION', 'ablation', 'ablation_over_seeds', 'apply_point', 'compare',
            'eval_interval', 'grid_points', 'heterogeneity_sweep', 'parse_extra_local_steps',
-           'point_tag', 'rank_key', 'run_point', 'speedup', 'summarise', 'tune']
+           'point_tag', 'rank_key', 'run_point', 'RunRecord', 'speedup', 'summarise', 'Tuned',
+           'tune']
 
 
 def print_line(msg: str) -> None:
@@ -92,7 +95,7 @@ def print_line(msg: str) -> None:
 
 
 def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
-         points_of=None, log=print_line) -> dict[str, dict]:
+         points_of=None, log=print_line) -> dict[str, Tuned]:
   """Runs every algorithm's grid; returns per algorithm its winner and all points."""
   out = {}
   for name in names:
@@ -105,18 +108,15 @@ def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
         skipped.append(point)  # Not run (CPU time); the report lists it.
         log(f'[{name} {point_tag(point)}] not run (cached_only)')
         continue
-      rec = run_point(cfg, setup, evaluator, run_dir)
-      rec['point'] = point
+      rec = run_point(cfg, setup, evaluator, run_dir).at(point)
       records.append(rec)
-      tta = rec['time_to_target_s']
-      log(f'[{name} {point_tag(point)}] TTA '
-          f'{"not reached" if tta is None else f"{tta:.2f}s"}  final acc '
-          f'{rec["final_consensus_accuracy"]:.4f}  sim {rec["sim_time_s"]:.1f}s  '
-          f'wall {rec["wall_time_s"]:.0f}s')
+      log(f'[{name} {point_tag(point)}] TTA {fmt_tta(rec.time_to_target_s)}  final acc '
+          f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s  '
+          f'wall {rec.wall_time_s:.0f}s')
     if not records:
       continue
     best = min(records, key=rank_key)
-    out[name] = {'best': best, 'grid': records, 'skipped': skipped}
+    out[name] = Tuned(best=best, grid=tuple(records), skipped=tuple(skipped))
   return out
 
 
@@ -134,14 +134,14 @@ def heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log=print_l
     setup = setup_fn(cfg)
     recs = {}
     for name, t in tuned.items():
-      point = t['best']['point']
+      point = t.best.point
       c = apply_point(cfg, name, point, setup.problem)
       recs[name] = run_point(c, setup, evaluator,
                              os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}'))
-      log(f'[sweep r={ratio:g} {name}] TTA {fmt_tta(recs[name]["time_to_target_s"])}')
+      log(f'[sweep r={ratio:g} {name}] TTA {fmt_tta(recs[name].time_to_target_s)}')
     row = {'ratio': float(ratio),
-           'time_to_target_s': {n: r['time_to_target_s'] for n, r in recs.items()},
-           'final_consensus_accuracy': {n: r['final_consensus_accuracy'] for n, r in recs.items()}}
+           'time_to_target_s': {n: r.time_to_target_s for n, r in recs.items()},
+           'final_consensus_accuracy': {n: r.final_consensus_accuracy for n, r in recs.items()}}
     if 'hadfl' in recs:
       row['hadfl_speedup'] = {n: speedup(recs['hadfl'], r) for n, r in recs.items()
                               if n != 'hadfl'}
@@ -171,11 +171,11 @@ def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=print
         done[key] = run_point(cfg, setup, evaluator,
                               os.path.join(workdir, 'ablation', point_tag(point)))
       rec = done[key]
-      rows.append({'field': field, 'value': v, 'time_to_target_s': rec['time_to_target_s'],
-                   'final_consensus_accuracy': rec['final_consensus_accuracy'],
-                   'sim_time_s': rec['sim_time_s']})
-      log(f'[ablation {field}={v}] TTA {fmt_tta(rec["time_to_target_s"])} '
-          f'final {rec["final_consensus_accuracy"]:.4f}')
+      rows.append({'field': field, 'value': v, 'time_to_target_s': rec.time_to_target_s,
+                   'final_consensus_accuracy': rec.final_consensus_accuracy,
+                   'sim_time_s': rec.sim_time_s})
+      log(f'[ablation {field}={v}] TTA {fmt_tta(rec.time_to_target_s)} '
+          f'final {rec.final_consensus_accuracy:.4f}')
   write_json(os.path.join(workdir, 'ablation.json'), rows)
   lines = ['# HADFL ablation', '',
            f'One factor at a time around the defaults (selection={config.hadfl.selection}, '
@@ -239,7 +239,7 @@ def _compare(config, workdir: str, names: Sequence[str], log) -> dict:
     report += '\n## Heterogeneity sweep\n\n![sweep](sweep_speedup.png)\n\n' + sweep_table(
         results['sweep']['rows'])
   if config.compare.ablation and 'hadfl' in tuned:
-    results['ablation'] = ablation(config, setup, evaluator, tuned['hadfl']['best']['point'],
+    results['ablation'] = ablation(config, setup, evaluator, tuned['hadfl'].best.point,
                                    workdir, log)
     report += '\n## Ablation\n\nSee [ablation.md](ablation.md).\n'
   report += ('\n![accuracy vs time](accuracy_vs_time.png)\n\n'

@@ -72,11 +72,14 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
   assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
 
 
+def _record(tta, acc, sim):
+  return compare.RunRecord(summary={'time_to_target_s': tta, 'final_consensus_accuracy': acc,
+                                    'sim_time_s': sim}, history=(), wall_time_s=0.0)
+
+
 def test_ranking_and_speedups():
-  fast = {'time_to_target_s': 2.0, 'final_consensus_accuracy': 0.9, 'sim_time_s': 2.0}
-  slow = {'time_to_target_s': 6.0, 'final_consensus_accuracy': 0.95, 'sim_time_s': 6.0}
-  never = {'time_to_target_s': None, 'final_consensus_accuracy': 0.99, 'sim_time_s': 30.0}
-  never_worse = {'time_to_target_s': None, 'final_consensus_accuracy': 0.5, 'sim_time_s': 30.0}
+  fast, slow = _record(2.0, 0.9, 2.0), _record(6.0, 0.95, 6.0)
+  never, never_worse = _record(None, 0.99, 30.0), _record(None, 0.5, 30.0)
   assert sorted([never_worse, never, slow, fast], key=compare.rank_key) == [
       fast, slow, never, never_worse]
   assert compare.speedup(fast, slow) == {'value': 3.0, 'lower_bound': False}

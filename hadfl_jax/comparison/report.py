@@ -9,22 +9,24 @@ from typing import Sequence
 import numpy as np
 
 from hadfl_jax.comparison.grid import eval_interval
+from hadfl_jax.comparison.runs import RunRecord
+from hadfl_jax.comparison.runs import Tuned
 
 
-def rank_key(record: dict):
+def rank_key(record: RunRecord):
   """Smaller is better: reached the target first, then higher final accuracy."""
-  tta = record['time_to_target_s']
-  return (0, tta, -record['final_consensus_accuracy']) if tta is not None else (
-      1, 0.0, -record['final_consensus_accuracy'])
+  tta = record.time_to_target_s
+  return (0, tta, -record.final_consensus_accuracy) if tta is not None else (
+      1, 0.0, -record.final_consensus_accuracy)
 
 
-def speedup(hadfl: dict, other: dict) -> dict:
+def speedup(hadfl: RunRecord, other: RunRecord) -> dict:
   """TTA(other) / TTA(hadfl); a lower bound when only HADFL reached the target."""
-  a, b = hadfl['time_to_target_s'], other['time_to_target_s']
+  a, b = hadfl.time_to_target_s, other.time_to_target_s
   if a is None:
     return {'value': None, 'lower_bound': False}
   if b is None:
-    return {'value': other['sim_time_s'] / a, 'lower_bound': True}
+    return {'value': other.sim_time_s / a, 'lower_bound': True}
   return {'value': b / a, 'lower_bound': False}
 
 
@@ -38,23 +40,25 @@ def fmt_speedup(s):
   return f'{">= " if s["lower_bound"] else ""}{s["value"]:.2f}x'
 
 
-def summarise(tuned: dict[str, dict]) -> dict:
+def summarise(tuned: dict[str, Tuned]) -> dict:
   """results.json's content (without the per-evaluation histories)."""
   res = {}
-  hadfl = tuned.get('hadfl', {}).get('best')
+  hadfl = tuned['hadfl'].best if 'hadfl' in tuned else None
   for name, t in tuned.items():
-    b = t['best']
+    b = t.best
     res[name] = {
-        'time_to_target_s': b['time_to_target_s'],
-        'final_consensus_accuracy': b['final_consensus_accuracy'],
-        'best_consensus_accuracy': b['best_consensus_accuracy'],
-        'busiest_link_bytes': b['busiest_link_bytes'],
-        'bytes_sent': b['bytes_sent'],
-        'sim_time_s': b['sim_time_s'],
-        'chosen': b['point'],
-        'grid': [{k: r[k] for k in ('point', 'time_to_target_s', 'final_consensus_accuracy',
-                                    'sim_time_s', 'wall_time_s')} for r in t['grid']],
-        'not_run': t.get('skipped', []),
+        'time_to_target_s': b.time_to_target_s,
+        'final_consensus_accuracy': b.final_consensus_accuracy,
+        'best_consensus_accuracy': b.best_consensus_accuracy,
+        'busiest_link_bytes': b.busiest_link_bytes,
+        'bytes_sent': b.bytes_sent,
+        'sim_time_s': b.sim_time_s,
+        'chosen': b.point,
+        'grid': [{'point': r.point, 'time_to_target_s': r.time_to_target_s,
+                  'final_consensus_accuracy': r.final_consensus_accuracy,
+                  'sim_time_s': r.sim_time_s, 'wall_time_s': r.wall_time_s}
+                 for r in t.grid],
+        'not_run': list(t.skipped),
     }
     if hadfl is not None and name != 'hadfl':
       res[name]['hadfl_speedup'] = speedup(hadfl, b)
@@ -133,7 +137,7 @@ def ablation_over_seeds(paths: Sequence[str]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def plot_curves(tuned: dict[str, dict], workdir: str, target: float) -> list[str]:
+def plot_curves(tuned: dict[str, Tuned], workdir: str, target: float) -> list[str]:
   """accuracy_vs_time.png and accuracy_vs_bytes.png of every algorithm's winner."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -145,14 +149,14 @@ def plot_curves(tuned: dict[str, dict], workdir: str, target: float) -> list[str
        'accuracy_vs_bytes.png', 1e-6)):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, t in tuned.items():
-      h = t['best']['history']
+      h = t.best.history
       ax.plot([r[key] * scale for r in h], [r['consensus_accuracy'] for r in h],
               marker='.', label=name)
     ax.axhline(target, color='gray', ls='--', lw=0.8)
     ax.set_xscale('log')
     ax.set_xlabel(xlabel)
     ax.set_ylabel('consensus test accuracy')
-    lo = min(min(r['consensus_accuracy'] for r in t['best']['history']) for t in tuned.values())
+    lo = min(min(r['consensus_accuracy'] for r in t.best.history) for t in tuned.values())
     ax.set_ylim(max(lo, target - 0.1), 1.0)
     ax.legend()
     ax.grid(alpha=0.3)

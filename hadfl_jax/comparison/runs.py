@@ -10,10 +10,12 @@ files are complete, so an interrupted comparison resumes where it stopped.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
 import time
+from typing import Any
 
 from hadfl_jax import checkpoint
 from hadfl_jax import train
@@ -31,7 +33,61 @@ def write_json(path: str, obj) -> None:
   os.replace(path + '.tmp', path)
 
 
-def run_point(config, setup: train.Setup, evaluator, workdir: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """One finished run of a grid point: its ``summary.json``, the rows of its
+  ``metrics.jsonl``, its wall time and the grid point it ran.
+
+  Attributes:
+    summary: the run's final figures (:func:`hadfl_jax.train.summarize`).
+    history: the evaluation rows.
+    wall_time_s: wall-clock seconds the run took (not part of its results).
+    point: the grid point (``lr``, maybe ``h`` and ``'<algorithm>.<field>'`` overrides).
+  """
+
+  summary: dict[str, Any]
+  history: tuple[dict[str, Any], ...]
+  wall_time_s: float
+  point: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def time_to_target_s(self) -> float | None:
+    return self.summary['time_to_target_s']
+
+  @property
+  def final_consensus_accuracy(self) -> float:
+    return self.summary['final_consensus_accuracy']
+
+  @property
+  def best_consensus_accuracy(self) -> float:
+    return self.summary['best_consensus_accuracy']
+
+  @property
+  def sim_time_s(self) -> float:
+    return self.summary['sim_time_s']
+
+  @property
+  def bytes_sent(self) -> float:
+    return self.summary['bytes_sent']
+
+  @property
+  def busiest_link_bytes(self) -> float:
+    return self.summary['busiest_link_bytes']
+
+  def at(self, point: dict[str, Any]) -> 'RunRecord':
+    return dataclasses.replace(self, point=dict(point))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+  """One algorithm's grid: every record run, the points not run, and the winner."""
+
+  best: RunRecord
+  grid: tuple[RunRecord, ...]
+  skipped: tuple[dict[str, Any], ...] = ()
+
+
+def run_point(config, setup: train.Setup, evaluator, workdir: str) -> RunRecord:
   """Runs one algorithm with one config on a shared setup; returns its record.
 
   The run is :func:`hadfl_jax.train.train_and_evaluate`'s, on the shared data and
@@ -73,7 +129,7 @@ def run_key(config) -> dict:
   return d
 
 
-def load_run(config, workdir: str) -> dict | None:
+def load_run(config, workdir: str) -> RunRecord | None:
   """A finished run of exactly this config in ``workdir`` (so grids can be extended and
   interrupted comparisons resumed without recomputing), else None.
 
@@ -87,12 +143,12 @@ def load_run(config, workdir: str) -> dict | None:
     if upgrade_run_key(json.load(f)) != json.loads(json.dumps(run_key(config))):
       return None
   with open(paths[1]) as f:
-    record = json.load(f)
+    summary = json.load(f)
   with open(paths[2]) as f:
-    history = [json.loads(line) for line in f if line.strip()]
+    history = tuple(json.loads(line) for line in f if line.strip())
   with open(paths[3]) as f:
     wall = json.load(f).get('wall_time_s', float('nan'))
-  return {**record, 'wall_time_s': wall, 'history': history}
+  return RunRecord(summary=summary, history=history, wall_time_s=wall)
 
 
 
