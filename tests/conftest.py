@@ -9,16 +9,23 @@ import pytest  # pylint: disable=g-import-not-at-top
 from tests import fixtures  # pylint: disable=g-import-not-at-top
 
 
+@pytest.fixture(scope='session')
+def compilation_cache_dir(tmp_path_factory):
+  """The session's persistent JAX compilation cache, shared by the xdist workers (and by
+  the command-line subprocesses that get it in their environment, see
+  ``fixtures.subprocess_env``)."""
+  directory = tmp_path_factory.getbasetemp().parent / 'jax_compilation_cache'
+  directory.mkdir(exist_ok=True)
+  return directory
+
+
 @pytest.fixture(scope='session', autouse=True)
-def _shared_compilation_cache(tmp_path_factory):
-  """One persistent JAX compilation cache for the session, shared by the xdist workers:
-  the many runs of the same small programs compile once (modules that set their own
+def _shared_compilation_cache(compilation_cache_dir):
+  """The many runs of the same small programs compile once (modules that set their own
   cache restore this one afterwards)."""
   from tests import compile_cache  # pylint: disable=g-import-not-at-top
 
-  directory = tmp_path_factory.getbasetemp().parent / 'jax_compilation_cache'
-  directory.mkdir(exist_ok=True)
-  with compile_cache.persistent_compilation_cache(directory):
+  with compile_cache.persistent_compilation_cache(compilation_cache_dir):
     yield
 
 

@@ -32,6 +32,17 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes)(nn.tanh(nn.Dense(5)(x)))
 
 
+def subprocess_env(cache_dir=None) -> dict:
+  """The environment of a command-line subprocess: CPU only, and (given a directory) the
+  tests' persistent compilation cache."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  return env
+
+
 def make_tiny_problem(num_devices=4, speeds=(1.0, 2.0, 3.0, 4.0), optimizer=None,
                       counts=None, batch_size=3, seed=0):
   """A tiny problem: random 4x4 images, 3 classes, shards of different sizes."""

@@ -21,21 +21,9 @@ from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax.algorithms import reference
 from hadfl_jax.core import mixing
-from tests import compile_cache
 from tests import fixtures
 
 PLUGIN = 'tests.plugin_example'
-
-
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _cache(cache_dir):
-  with compile_cache.persistent_compilation_cache(cache_dir):
-    yield
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +64,7 @@ def test_random_pairs_are_a_symmetric_matching(plugin_example):
 
 
 def test_plugin_runs_from_the_command_line_and_resumes(quick_config, tmp_path, plugin_example,
-                                                       cache_dir):
+                                                       compilation_cache_dir):
   config = _plugin_config(quick_config)
   workdir = tmp_path / 'cli'
   # Four cycles from Python, checkpointed; then the command line resumes to six.
@@ -88,9 +76,7 @@ def test_plugin_runs_from_the_command_line_and_resumes(quick_config, tmp_path, p
          '--config.model=tiny_mlp', '--config.loss=smoothed_cross_entropy',
          '--config.partition.kind=round_robin', '--config.eval_every=2',
          '--config.checkpoint_every=2', '--config.num_cycles=6']
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  env = fixtures.subprocess_env(compilation_cache_dir)
   out = subprocess.run(cmd, cwd=fixtures.REPO, env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

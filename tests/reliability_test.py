@@ -19,20 +19,7 @@ import pytest
 from hadfl_jax import train
 from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
-from tests import compile_cache
 from tests import fixtures
-
-
-@pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _cache(cache_dir):
-  # Every run here compiles the same small programs: compile them once.
-  with compile_cache.persistent_compilation_cache(cache_dir):
-    yield
 
 
 def _small_config(data_dir):
@@ -209,7 +196,8 @@ def test_no_checkpoint_that_restores_is_a_clear_error(small, four_cycles, tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_saves_at_the_next_cycle_and_the_rerun_resumes(small, tmp_path, cache_dir):
+def test_sigterm_saves_at_the_next_cycle_and_the_rerun_resumes(small, tmp_path,
+                                                              compilation_cache_dir):
   # A run that checkpoints only every 50 cycles is sent SIGTERM in the middle.
   workdir, straight_dir = tmp_path / 'run', tmp_path / 'straight'
   cmd = [sys.executable, '-m', 'hadfl_jax.main', '--config', 'configs/default.py',
@@ -217,9 +205,7 @@ def test_sigterm_saves_at_the_next_cycle_and_the_rerun_resumes(small, tmp_path, 
          '--config.profile.speeds=(1.0, 2.0, 3.0, 4.0)', '--config.engine.num_buckets=1',
          '--config.device_eval_examples=200', '--config.eval_every=1',
          '--config.checkpoint_every=50', '--config.num_cycles=30']
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  env = fixtures.subprocess_env(compilation_cache_dir)
   log = tmp_path / 'log.txt'
   with open(log, 'w') as out:
     proc = subprocess.Popen(cmd + [f'--workdir={workdir}'], cwd=fixtures.REPO, env=env,
