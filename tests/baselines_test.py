@@ -124,6 +124,20 @@ def test_dpsgd_round_by_hand():
   np.testing.assert_allclose(info.bytes_sent_N, [2 * m] * N, rtol=1e-6)
 
 
+@pytest.mark.parametrize('name,idle', [('dfedavg', 2 / 10), ('fedavg', 2 / 10), ('dpsgd', 2 / 10),
+                                       ('ddp', 2 * (1 / 10))])
+def test_a_round_with_everyone_down_still_takes_time(name, idle):
+  # All four devices down in round 0: nobody trains or sends, the round lasts its nominal
+  # compute time (2 steps at the slowest speed, 10 steps/s), the models do not move.
+  kw = {'steps_per_cycle': 2} if name == 'ddp' else {'local_steps': 2}
+  problem, data, algo, state = setup(name, down_trace=tuple((i, 0, 1) for i in range(N)), **kw)
+  new, info = jax.jit(algo.cycle)(state, data)
+  assert float(info.cycle_time) == pytest.approx(idle, rel=1e-6)
+  assert not np.any(info.synced_N) and float(np.sum(info.bytes_sent_N)) == 0
+  np.testing.assert_array_equal(info.budgets_N, [0] * N)
+  chex.assert_trees_all_close(algo.consensus_params(new), algo.consensus_params(state))
+
+
 def test_down_device_is_left_alone():
   problem, data, algo, state = setup('dfedavg', local_steps=2, down_trace=((0, 0, 1),))
   new, info = jax.jit(algo.cycle)(state, data)

@@ -108,7 +108,9 @@ def make(problem: base.Problem, config: Config,
     (params, opt_state, steps_N), loss_TxN = jax.lax.scan(
         step, (state.params, state.opt_state, state.steps_N), None, length=num_steps)
     num_up = jnp.sum(up_N)
-    t_step = (jnp.max(jnp.where(up_N, 1.0 / speed_N, 0.0))
+    # With nobody up the coordinator still waits a step of the slowest device.
+    t_step = (jnp.where(any_up, jnp.max(jnp.where(up_N, 1.0 / speed_N, 0.0)),
+                        1.0 / jnp.min(speed_N))
               + clock.ring_allreduce_time(num_up, problem.model_bytes,
                                           rounds.min_bandwidth(problem, up_N),
                                           problem.profile.latency))

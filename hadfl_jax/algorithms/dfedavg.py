@@ -57,7 +57,7 @@ def make(problem: base.Problem, config: Config,
     t_sync = clock.ring_allreduce_time(num_up, problem.model_bytes,
                                        rounds.min_bandwidth(problem, synced_N),
                                        problem.profile.latency)
-    cycle_time = rounds.barrier(budgets_N, speed_N, up_N) + t_sync
+    cycle_time = rounds.barrier(budgets_N, speed_N, up_N, config.local_steps) + t_sync
     bytes_N = jnp.where(synced_N, clock.ring_allreduce_bytes_per_peer(
         num_up, problem.model_bytes), 0.0)
     return (state.replace(devices=devices, cycle=state.cycle + 1),

@@ -62,7 +62,7 @@ def make(problem: base.Problem, config: Config,
     deg_N = jnp.sum(mix.weight_NxD[:, 1:] > 0, axis=1).astype(jnp.float32)
     t_gossip = jnp.where(jnp.any(synced_N),
                          jnp.max(deg_N * m / bandwidth_N) + problem.profile.latency, 0.0)
-    cycle_time = rounds.barrier(budgets_N, speed_N, up_N) + t_gossip
+    cycle_time = rounds.barrier(budgets_N, speed_N, up_N, config.local_steps) + t_gossip
     return (state.replace(devices=devices, cycle=state.cycle + 1),
             base.CycleInfo.make(cycle_time, deg_N * m, budgets_N, loss_N, up_N, synced_N))
 

@@ -110,7 +110,7 @@ def make(problem: base.Problem, config: Config,
     k_eff = jnp.sum(valid_K).astype(jnp.float32)
     t_comm = jnp.where(k_eff > 0, 2.0 * k_eff * m / b_server + 2.0 * problem.profile.latency,
                        0.0)
-    cycle_time = rounds.barrier(budgets_N, speed_N, chosen_N) + t_comm
+    cycle_time = rounds.barrier(budgets_N, speed_N, chosen_N, config.local_steps) + t_comm
     bytes_N = jnp.where(chosen_N, m, 0.0)
     return (state.replace(devices=devices, cycle=state.cycle + 1, server=server),
             base.CycleInfo.make(cycle_time, bytes_N, budgets_N, loss_N, up_N, chosen_N,

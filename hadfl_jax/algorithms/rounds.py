@@ -8,7 +8,9 @@ Common rules (documented choices):
   subgraph of up devices). A down device resumes from its own model (DDP: from the
   common model).
 * Speed jitter: true speeds s_i exp(sigma z_i) per round, as in HADFL; a barrier waits
-  for the slowest true speed.
+  for the slowest true speed. A round in which nobody trains (every device down) lasts
+  its nominal compute time, H at the slowest speed (DDP: one step per step), so that
+  simulated time always advances.
 * Optimizer state (``opt_state``, :data:`hadfl_jax.core.engine.OPT_STATE_RULES`):
   ``average`` mixes optimizer states with the same weights as the models (the default,
   as HADFL's), ``keep`` keeps each device's own, ``reset`` starts a fresh one after every
@@ -61,9 +63,17 @@ def draws(problem: base.Problem, state) -> tuple[jax.Array, jax.Array, jax.Array
   return up_N, speed_N, k_own
 
 
-def barrier(budgets_N, speed_N, member_N) -> jax.Array:
-  """The slowest member's compute time (0 if there is no member)."""
-  return jnp.max(jnp.where(member_N, clock.compute_time(budgets_N, speed_N), 0.0))
+def barrier(budgets_N, speed_N, member_N, idle_steps=None) -> jax.Array:
+  """The slowest member's compute time.
+
+  A round with no member (every device down) still lasts: ``idle_steps`` at the slowest
+  device's speed, the round's nominal length, so that simulated time always advances
+  (0 if ``idle_steps`` is None).
+  """
+  busy = jnp.max(jnp.where(member_N, clock.compute_time(budgets_N, speed_N), 0.0))
+  if idle_steps is None:
+    return busy
+  return jnp.where(jnp.any(member_N), busy, clock.compute_time(idle_steps, jnp.min(speed_N)))
 
 
 def min_bandwidth(problem: base.Problem, member_N) -> jax.Array:
