@@ -4,10 +4,11 @@ CNN of about 0.4M float32 parameters, IID shards of the 60k training images, rel
 speeds [1, 1, 2, 2, 4, 4, 8, 8] with the fastest device at 10 ms per step, 100 Mbit/s
 links with 5 ms latency, batch 32, target 98% consensus test accuracy.
 
-Reads real MNIST from the four IDX files (here: ../shared/data/mnist):
+Reads real MNIST from the directory of the four IDX files (train-images-idx3-ubyte.gz, ...),
+which the command line names; the run stops at once, naming the field, if it does not:
 
   python -m hadfl_jax.main --config configs/paper_mnist.py --workdir /tmp/hadfl_paper \
-      --config.dataset.idx_dir=../shared/data/mnist
+      --config.dataset.idx_dir=/path/to/mnist
 
 ``--config.dataset.name=mnist`` reads TFDS's catalog MNIST instead; preparing a catalog
 dataset needs TensorFlow (TFDS encodes its images with TF), reading a prepared one does not.
@@ -19,7 +20,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.dataset.name = 'mnist_idx'
-  config.dataset.idx_dir = '../shared/data/mnist'
+  # config.dataset.idx_dir: set on the command line (where the IDX files are here).
   config.model = 'cnn'
   config.num_devices = 8
   config.batch_size = 32

@@ -17,7 +17,7 @@ TensorFlow). Two kinds of names:
 Example::
 
   train = load_split('digits', 'train')        # 1,437 8x8 images, prepared on first use
-  mnist = load_split('mnist_idx', 'train', idx_dir='../shared/data/mnist')
+  mnist = load_split('mnist_idx', 'train', idx_dir='/path/to/mnist')
 """
 
 from __future__ import annotations
