@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from configs import default as default_config
-from configs import paper_mnist
+from hadfl_jax.configs import default as default_config
+from hadfl_jax.configs import paper_mnist
 from hadfl_jax import sharding
 from hadfl_jax import train
 from hadfl_jax import validation

@@ -36,7 +36,7 @@ from benchmarks import compile_time
 
 
 def scale_config(num_devices: int):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.dataset.name = 'mnist_idx'
   config.dataset.idx_dir = compile_time.mnist_dir()

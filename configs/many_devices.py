@@ -8,7 +8,7 @@ the 0.4M-parameter CNN, target 97%. Per-device accuracy is measured on 200 test 
   python -m hadfl_jax.compare --config configs/many_devices.py --workdir results/many_devices
 """
 
-from configs import paper_mnist
+from hadfl_jax.configs import paper_mnist
 
 
 def get_config():

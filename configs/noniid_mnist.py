@@ -6,7 +6,7 @@ Real MNIST, 8 devices, speeds [1, 1, 2, 2, 4, 4, 8, 8], the 0.4M-parameter CNN, 
   python -m hadfl_jax.compare --config configs/noniid_mnist.py --workdir results/noniid_mnist
 """
 
-from configs import paper_mnist
+from hadfl_jax.configs import paper_mnist
 
 
 def get_config():

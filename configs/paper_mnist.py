@@ -14,7 +14,7 @@ which the command line names; the run stops at once, naming the field, if it doe
 dataset needs TensorFlow (TFDS encodes its images with TF), reading a prepared one does not.
 """
 
-from configs import default
+from hadfl_jax.configs import default
 
 
 def get_config():

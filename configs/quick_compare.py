@@ -7,7 +7,7 @@ notebook ``colabs/compare_quick.ipynb`` run it.
   python -m hadfl_jax.compare --config configs/quick_compare.py --workdir /tmp/compare_quick
 """
 
-from configs import default
+from hadfl_jax.configs import default
 
 
 def get_config():

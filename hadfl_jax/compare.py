@@ -59,6 +59,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from hadfl_jax import algorithms
+from hadfl_jax import config_files
+from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
 from hadfl_jax import train
 from hadfl_jax import validation
@@ -78,6 +80,7 @@ from hadfl_jax.comparison.report import speedup
 from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
 from hadfl_jax.comparison.runs import load_run
+from hadfl_jax.comparison.runs import RunCounter
 from hadfl_jax.comparison.runs import RunRecord
 from hadfl_jax.comparison.runs import Tuned
 from hadfl_jax.comparison.runs import run_point
@@ -95,24 +98,29 @@ def print_line(msg: str) -> None:
 
 
 def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
-         points_of=None, log=print_line) -> dict[str, Tuned]:
-  """Runs every algorithm's grid; returns per algorithm its winner and all points."""
+         points_of=None, log=print_line, verbose: bool = False) -> dict[str, Tuned]:
+  """Runs every algorithm's grid; returns per algorithm its winner and all points.
+
+  ``log`` gets a line per run (``None``: silent); ``verbose`` also prints every run's
+  own per-evaluation lines.
+  """
+  points = {name: (points_of or (lambda n: grid_points(config, n)))(name) for name in names}
+  counter = RunCounter(sum(len(p) for p in points.values()), log)
   out = {}
   for name in names:
-    points = (points_of or (lambda n: grid_points(config, n)))(name)
     records, skipped = [], []
-    for point in points:
+    for point in points[name]:
       cfg = apply_point(config, name, point, setup.problem)
       run_dir = os.path.join(workdir, 'runs', f'{name}_{point_tag(point)}')
+      label = f'{name} {point_tag(point)}'
       if config.compare.get('cached_only') and load_run(cfg, run_dir) is None:
         skipped.append(point)  # Not run (CPU time); the report lists it.
-        log(f'[{name} {point_tag(point)}] not run (cached_only)')
+        counter(label, None)
         continue
-      rec = run_point(cfg, setup, evaluator, run_dir).at(point)
+      rec = run_point(cfg, setup, evaluator, run_dir, verbose).at(point)
       records.append(rec)
-      log(f'[{name} {point_tag(point)}] TTA {fmt_tta(rec.time_to_target_s)}  final acc '
-          f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s  '
-          f'wall {rec.wall_time_s:.0f}s')
+      counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
+              f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
     if not records:
       continue
     best = min(records, key=rank_key)
@@ -120,13 +128,15 @@ def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
   return out
 
 
-def heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log=print_line) -> dict:
+def heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log=print_line,
+                        verbose: bool = False) -> dict:
   """HADFL's speedup over each baseline for speed ratios ``compare.sweep_ratios``.
 
   Profiles are geometric from 1 to r over the N devices; every algorithm runs with the
   hyperparameters that won the main comparison (not re-tuned per ratio).
   """
   rows = []
+  counter = RunCounter(len(config.compare.sweep_ratios) * len(tuned), log)
   for ratio in config.compare.sweep_ratios:
     cfg = copy.deepcopy(config)
     cfg.profile.kind = 'geometric'
@@ -137,8 +147,9 @@ def heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log=print_l
       point = t.best.point
       c = apply_point(cfg, name, point, setup.problem)
       recs[name] = run_point(c, setup, evaluator,
-                             os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}'))
-      log(f'[sweep r={ratio:g} {name}] TTA {fmt_tta(recs[name].time_to_target_s)}')
+                             os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}'), verbose)
+      counter(f'sweep r={ratio:g} {name}', recs[name],
+              f'TTA {fmt_tta(recs[name].time_to_target_s)}')
     row = {'ratio': float(ratio),
            'time_to_target_s': {n: r.time_to_target_s for n, r in recs.items()},
            'final_consensus_accuracy': {n: r.final_consensus_accuracy for n, r in recs.items()}}
@@ -158,24 +169,27 @@ ABLATION = (
 )
 
 
-def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=print_line) -> dict:
+def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=print_line,
+             verbose: bool = False) -> dict:
   """HADFL's open choices, one factor at a time around ``base_point`` and the defaults."""
   rows = []
   done = {}
+  counter = RunCounter(sum(len(values) for _, values in ABLATION), log)
   for field, values in ABLATION:
     for v in values:
       point = dict(base_point, **{field: v})
       cfg = apply_point(config, 'hadfl', point, setup.problem)
       key = (cfg.hadfl.selection, cfg.hadfl.weights, cfg.hadfl.rho)
-      if key not in done:
+      repeated = key in done  # The same run as an earlier value's (e.g. the default).
+      if not repeated:
         done[key] = run_point(cfg, setup, evaluator,
-                              os.path.join(workdir, 'ablation', point_tag(point)))
+                              os.path.join(workdir, 'ablation', point_tag(point)), verbose)
       rec = done[key]
       rows.append({'field': field, 'value': v, 'time_to_target_s': rec.time_to_target_s,
                    'final_consensus_accuracy': rec.final_consensus_accuracy,
                    'sim_time_s': rec.sim_time_s})
-      log(f'[ablation {field}={v}] TTA {fmt_tta(rec.time_to_target_s)} '
-          f'final {rec.final_consensus_accuracy:.4f}')
+      counter(f'ablation {field}={v}', dataclasses.replace(rec, cached=rec.cached or repeated),
+              f'TTA {fmt_tta(rec.time_to_target_s)}  final {rec.final_consensus_accuracy:.4f}')
   write_json(os.path.join(workdir, 'ablation.json'), rows)
   lines = ['# HADFL ablation', '',
            f'One factor at a time around the defaults (selection={config.hadfl.selection}, '
@@ -190,9 +204,17 @@ def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=print
   return {'rows': rows}
 
 
-def compare(config: ml_collections.ConfigDict, workdir: str, log=print_line) -> dict:
+def compare(config: ml_collections.ConfigDict, workdir: str, log=print_line,
+            verbose: bool = False) -> dict:
   """Runs the comparison (and optionally sweep and ablation) described in the module
   docstring; returns results.json's content.
+
+  Args:
+    config: the scenario config (a packaged one: ``hadfl_jax.configs``).
+    workdir: where the runs (cached, resumable) and the report go.
+    log: called with one line per run (which, its figures, cached or its wall time, the
+      time left); ``None`` prints nothing.
+    verbose: also print every run's own lines (one per evaluation).
 
   Raises:
     ConfigError: an invalid field (for any of the compared algorithms).
@@ -204,17 +226,17 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=print_line) -> 
     cfg.algorithm = name
     validation.validate(cfg)
   with workdir_lib.WorkdirLock(workdir):
-    return _compare(config, workdir, names, log)
+    return _compare(config, workdir, names, log, verbose)
 
 
-def _compare(config, workdir: str, names: Sequence[str], log) -> dict:
+def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> dict:
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   setup = train.build_setup(config)
   evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
                                    config.eval_batch_size, config.device_eval_examples,
                                    task=setup.problem.task)
   wall = time.perf_counter()
-  tuned = tune(config, setup, evaluator, workdir, names, log=log)
+  tuned = tune(config, setup, evaluator, workdir, names, log=log, verbose=verbose)
   results = {'algorithms': summarise(tuned), 'target_accuracy': config.target_accuracy,
              'eval_interval_s': eval_interval(config, setup.problem),
              'eval_growth': float(config.compare.get('eval_growth', 0.1)),
@@ -235,12 +257,13 @@ def _compare(config, workdir: str, names: Sequence[str], log) -> dict:
     # Only the profile changes: the data, partition and model are shared.
     setup_fn = lambda c: dataclasses.replace(setup, problem=dataclasses.replace(
         setup.problem, profile=profiles.make_profile(c.profile, c.num_devices, c.seed)))
-    results['sweep'] = heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log)
+    results['sweep'] = heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log,
+                                           verbose)
     report += '\n## Heterogeneity sweep\n\n![sweep](sweep_speedup.png)\n\n' + sweep_table(
         results['sweep']['rows'])
   if config.compare.ablation and 'hadfl' in tuned:
     results['ablation'] = ablation(config, setup, evaluator, tuned['hadfl'].best.point,
-                                   workdir, log)
+                                   workdir, log, verbose)
     report += '\n## Ablation\n\nSee [ablation.md](ablation.md).\n'
   report += ('\n![accuracy vs time](accuracy_vs_time.png)\n\n'
              '![accuracy vs bytes](accuracy_vs_bytes.png)\n')
@@ -255,16 +278,24 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   flags_ = flags.FLAGS
-  compare(flags_.config, flags_.workdir)
-  with open(os.path.join(flags_.workdir, 'report.md')) as f:
-    print(f.read())
-
+  try:
+    compare(flags_.config, flags_.workdir, log=None if flags_.quiet else print_line,
+            verbose=flags_.verbose_runs and not flags_.quiet)
+  except (validation.ConfigError, data_lib.DatasetError, train.DivergenceError,
+          workdir_lib.WorkdirBusyError) as e:
+    raise SystemExit(f'error: {e}') from None
+  if not flags_.quiet:
+    with open(os.path.join(flags_.workdir, 'report.md')) as f:
+      print(f.read())
 
 
 if __name__ == '__main__':
   # Flags are defined only when this module is the program, so that importing it next to
   # hadfl_jax.main (which defines its own --config and --workdir) is fine.
-  config_flags.DEFINE_config_file('config', None, 'Scenario config (configs/*.py).')
+  config_flags.DEFINE_config_file(
+      'config', None, 'A scenario config file, or a packaged config by name (paper_mnist, ...).')
   flags.DEFINE_string('workdir', None, 'Output directory.')
+  flags.DEFINE_bool('quiet', False, 'Print nothing but errors and warnings.')
+  flags.DEFINE_bool('verbose_runs', False, "Also print each run's line per evaluation.")
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_files.parse_flags)

@@ -2,6 +2,9 @@ r"""Runs one algorithm on one scenario.
 
   python -m hadfl_jax.main --config configs/default.py --workdir /tmp/hadfl_quick \
       --config.num_devices=16 --config.hadfl.rho=0.25
+
+``--config`` takes a file, or the name of a packaged config (``--config default``, which
+works from an installed copy too; see :mod:`hadfl_jax.config_files`).
 """
 
 import sys
@@ -12,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from hadfl_jax import config_files
 from hadfl_jax import data
 from hadfl_jax import train
 from hadfl_jax import validation
@@ -23,7 +27,10 @@ PREEMPTED_EXIT_CODE = 143
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl, summary.json.')
-config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'A config file, or a packaged config by name (default, quick_compare, ...).',
+    lock_config=True)
+flags.DEFINE_bool('quiet', False, 'Print nothing but errors and warnings.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,7 +41,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Progress lines are printed; keep logs quiet.
   tfds.disable_progress_bar()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, verbose=not FLAGS.quiet)
   except (validation.ConfigError, data.DatasetError, train.DivergenceError,
           workdir.WorkdirBusyError) as e:
     # Bad input, a diverged run, a busy workdir: the message says what and where.
@@ -45,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_files.parse_flags)

@@ -10,6 +10,9 @@ A run writes into ``workdir``:
 * ``config.json``: the resolved config;
 * ``metrics.jsonl``: one JSON object per evaluation;
 * ``summary.json``: the final figures, including the time to the target accuracy;
+* ``tensorboard/``: the rows of ``metrics.jsonl`` as TensorBoard scalars
+  (:mod:`hadfl_jax.tensorboard`; ``tensorboard --logdir WORKDIR``);
+* ``partition.json`` (who holds which labels) and ``timing.json`` (wall time);
 * ``checkpoints/``: every ``checkpoint_every`` cycles, the whole simulation state
   (:mod:`hadfl_jax.checkpoint`). Re-running the same command resumes from the latest
   one and writes the same ``metrics.jsonl`` and ``summary.json`` as a run never stopped.
@@ -39,6 +42,7 @@ from hadfl_jax import evaluation
 from hadfl_jax import models as models_lib
 from hadfl_jax import optim
 from hadfl_jax import sharding
+from hadfl_jax import tensorboard
 from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.algorithms import base
@@ -290,6 +294,18 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def write_summaries(writer: tensorboard.SummaryWriter | None, row: dict) -> None:
+  """One evaluation row as TensorBoard scalars: every field against the cycle, and the
+  accuracy and loss against simulated time (in milliseconds, TensorBoard's steps being
+  integers) under ``vs_sim_ms/``."""
+  if writer is None:
+    return
+  values = {k: v for k, v in row.items() if k != 'cycle' and isinstance(v, (int, float))}
+  writer.scalars(row['cycle'], values)
+  writer.scalars(round(row['sim_time_s'] * 1000), {
+      f'vs_sim_ms/{k}': row[k] for k in ('consensus_accuracy', 'loss')})
+
+
 def format_summary(summary: dict, wall_time_s: float | None = None) -> str:
   """A short table of a run's final figures."""
   tta = summary['time_to_target_s']
@@ -371,11 +387,52 @@ class Progress:
                d['cycle_at_target'])
 
 
-def _print_row(name: str, row: dict) -> None:
+def format_duration(seconds: float) -> str:
+  """``'42s'``, ``'3m05s'`` or ``'2h07m'``."""
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'
+
+
+class TimeLeft:
+  """Estimates the wall time left of a run from its progress towards its budget.
+
+  The budget is ``num_cycles`` cycles or ``max_sim_time`` simulated seconds, whichever
+  comes first; the estimate extrapolates the wall time per unit of progress made since
+  the estimator was started (so a resumed run does not count the cycles it restored).
+  A run stopped at its target accuracy may end sooner: then the estimate is a bound.
+  """
+
+  def __init__(self, num_cycles: int, max_sim_time: float, ledger: Ledger,
+               bound: bool = False):
+    self._num_cycles, self._max_sim_time, self._ledger = num_cycles, max_sim_time, ledger
+    self._bound = bound
+    self._start_wall = time.perf_counter()
+    self._start_fraction = self.fraction()
+
+  def fraction(self) -> float:
+    """How much of the budget is used, in [0, 1]."""
+    done = self._ledger.cycles / max(1, self._num_cycles)
+    if self._max_sim_time > 0:
+      done = max(done, self._ledger.sim_time / self._max_sim_time)
+    return min(1.0, done)
+
+  def __str__(self) -> str:
+    now = self.fraction()
+    if now <= self._start_fraction:
+      return 'eta ?'
+    left = (time.perf_counter() - self._start_wall) * (1.0 - now) / (now - self._start_fraction)
+    return f'eta {"<=" if self._bound else ""}{format_duration(left)}'
+
+
+def _print_row(name: str, row: dict, time_left: TimeLeft) -> None:
   print(f'[{name}] cycle {row["cycle"]:5d}  sim {row["sim_time_s"]:9.2f}s  '
         f'acc {row["consensus_accuracy"]:.4f}  device mean/min '
         f'{row["mean_device_accuracy"]:.4f}/{row["min_device_accuracy"]:.4f}  '
-        f'loss {row["loss"]:.4f}', flush=True)
+        f'loss {row["loss"]:.4f}  {time_left}', flush=True)
 
 
 def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Evaluator, *,
@@ -408,7 +465,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     on_row: called with every evaluation row (e.g. to append it to a file).
     on_cycle_end: called as ``(cycles_done, state, progress, last)`` after every cycle
       and its evaluation (e.g. to checkpoint); ``last`` is True for the final cycle.
-    verbose: print a line per evaluation.
+    verbose: print a line per evaluation, with an estimate of the wall time left.
 
   Returns:
     ``(state, progress)``: the final state and the whole record.
@@ -430,6 +487,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     return (stop_at_target and progress.time_to_target_s is not None) or (
         0 < max_sim_time <= ledger.sim_time)
 
+  time_left = TimeLeft(num_cycles, max_sim_time, ledger, bound=stop_at_target)
   cycle = ledger.cycles
   while cycle < num_cycles and not stopped():
     state, (info, finite) = cycle_fn(state, data)
@@ -450,7 +508,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
       if on_row is not None:
         on_row(row)
       if verbose:
-        _print_row(algorithm.name, row)
+        _print_row(algorithm.name, row, time_left)
       if progress.time_to_target_s is None and row['consensus_accuracy'] >= target_accuracy:
         progress.time_to_target_s, progress.cycle_at_target = row['sim_time_s'], row['cycle']
     if on_cycle_end is not None:
@@ -482,7 +540,8 @@ def summarize(algorithm: base.Algorithm, problem: base.Problem, progress: Progre
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        setup: Setup | None = None,
-                       evaluator: evaluation.Evaluator | None = None) -> dict:
+                       evaluator: evaluation.Evaluator | None = None,
+                       verbose: bool = True) -> dict:
   """Runs one algorithm on one scenario and writes its metrics into ``workdir``.
 
   A thin adapter over :func:`run`: the config names the data, the model, the algorithm
@@ -496,6 +555,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       comparison does); built from ``config`` otherwise. Its optimizer is rebuilt from
       ``config.optimizer`` either way.
     evaluator: a shared evaluator on ``setup.test``; built otherwise.
+    verbose: print a line per evaluation (with the time left) and the final summary;
+      with False the run prints nothing but warnings.
 
   With ``config.checkpoint_every > 0`` the whole simulation state is saved every that
   many cycles and at the end (:mod:`hadfl_jax.checkpoint`); called again with the same
@@ -524,7 +585,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints = checkpoint.open_workdir(config, workdir)
     try:
       with workdir_lib.PreemptionWatch() as preemption:
-        return _run(config, workdir, checkpoints, setup, evaluator, preemption)
+        return _run(config, workdir, checkpoints, setup, evaluator, preemption, verbose)
     finally:
       if checkpoints is not None:
         checkpoints.close()  # Completes a save in flight: the last good state.
@@ -541,7 +602,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
          checkpoints: checkpoint.Checkpointer | None,
          setup: Setup | None = None,
          evaluator: evaluation.Evaluator | None = None,
-         preemption: workdir_lib.PreemptionWatch | None = None) -> dict:
+         preemption: workdir_lib.PreemptionWatch | None = None,
+         verbose: bool = True) -> dict:
   """The body of :func:`train_and_evaluate`, once the workdir is known to fit."""
   wall_start = time.perf_counter()
   # Only process 0 writes the run's files; every process takes part in checkpoints.
@@ -584,8 +646,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       _, state, saved = restored
       progress = Progress.from_state_dict(saved)
       resumed_from = progress.ledger.cycles
-      print(f'[{algorithm.name}] resuming after cycle {resumed_from} from '
-            f'{checkpoints.directory}', flush=True)
+      if verbose:
+          print(f'[{algorithm.name}] resuming after cycle {resumed_from} from '
+              f'{checkpoints.directory}', flush=True)
   # metrics.jsonl holds exactly the rows of the state the run continues from.
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if writer:
@@ -609,12 +672,21 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       preempted_at.append(cycles_done)
       raise Preempted(cycles_done)
 
-  with open(metrics_path, 'a') if writer else contextlib.nullcontext() as metrics_file:
+  # TensorBoard's copy of the rows, rewritten like metrics.jsonl on a resume.
+  events_dir = os.path.join(workdir, 'tensorboard')
+  if writer:
+    tensorboard.remove_event_files(events_dir)
+  with contextlib.ExitStack() as files:
+    metrics_file = files.enter_context(open(metrics_path, 'a')) if writer else None
+    events = files.enter_context(tensorboard.SummaryWriter(events_dir)) if writer else None
+    for row in progress.history:
+      write_summaries(events, row)
 
     def on_row(row: dict) -> None:
       if metrics_file is not None:
         metrics_file.write(json.dumps(row) + '\n')
         metrics_file.flush()
+      write_summaries(events, row)
 
     try:
       state, progress = run(
@@ -622,7 +694,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
           target_accuracy=config.target_accuracy, stop_at_target=bool(config.stop_at_target),
           max_sim_time=config.max_sim_time,
           schedule=EvalSchedule.from_config(config, progress.history), progress=progress,
-          mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end)
+          mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end, verbose=verbose)
     except Preempted:
       checkpoints.close()  # The checkpoint is complete before the process goes.
       raise Preempted(
@@ -644,5 +716,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     _write_json(summary_path, summary)
     _write_json(os.path.join(workdir, 'timing.json'),
                 {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from})
-    print(format_summary(summary, wall_time), flush=True)
+    if verbose:
+      print(format_summary(summary, wall_time), flush=True)
   return summary

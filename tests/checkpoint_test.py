@@ -19,7 +19,7 @@ FILES = ('metrics.jsonl', 'summary.json')
 
 
 def _config(data_dir, **overrides):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.dataset.data_dir = data_dir

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from configs import quick_compare
+from hadfl_jax.configs import quick_compare
 from hadfl_jax import algorithms
 from hadfl_jax import compare
 from hadfl_jax import train
@@ -46,14 +46,24 @@ def test_quick_comparison_writes_results_report_and_plots(config, tmp_path):
       assert b >= max(a + 0.2, a * 1.1) - 1e-9
 
 
-def test_finished_runs_are_reused(config, tmp_path):
+def test_finished_runs_are_reused_and_marked_cached(config, tmp_path, capsys):
   config.compare.algorithms = ('dfedavg',)
-  first = compare.compare(config, str(tmp_path), log=lambda _: None)
+  config.compare.learning_rates = (0.05, 0.1)
+  lines = []
+  first = compare.compare(config, str(tmp_path), log=lines.append)
+  assert capsys.readouterr().out == ''  # log= is the only output: no per-cycle lines.
+  assert [line.split(']')[0] for line in lines] == ['[1/2', '[2/2']
+  assert 'dfedavg h5_lr0.05' in lines[0] and 'eta ' in lines[0] and 'cached' not in lines[0]
+  assert 'eta' not in lines[1]  # Nothing left.
   summary = tmp_path / 'runs' / 'dfedavg_h5_lr0.05' / 'summary.json'
   stamp = os.stat(summary).st_mtime_ns
-  second = compare.compare(config, str(tmp_path), log=lambda _: None)
+  lines.clear()
+  second = compare.compare(config, str(tmp_path), log=lines.append)
   assert os.stat(summary).st_mtime_ns == stamp
   assert first['algorithms'] == second['algorithms']
+  assert len(lines) == 2 and all(line.endswith('cached') for line in lines)
+  compare.compare(config, str(tmp_path), log=None)  # Quiet.
+  assert capsys.readouterr().out == ''
 
 
 def test_sweep_and_ablation(config, tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def digits_data_dir(tmp_path_factory):
 @pytest.fixture
 def quick_config(digits_data_dir):
   """The quick digits config, shrunk to a few cycles, reading the session's data_dir."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.dataset.data_dir = digits_data_dir

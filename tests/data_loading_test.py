@@ -8,6 +8,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import tensorflow_datasets as tfds
 from hadfl_jax import data
 from hadfl_jax.data import builders
 from hadfl_jax.data import idx
+from hadfl_jax.data import loading
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_MNIST = pathlib.Path(
@@ -280,7 +282,8 @@ def test_catalog_dataset_through_data_source(tmp_path, name, shape, num_classes)
     return sources[-1]
 
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_data_source_fn=as_data_source):
+                              as_data_source_fn=as_data_source), \
+       mock.patch.object(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True):
     split = data.load_split(name, 'train', data_dir=str(tmp_path))
   assert split.images.shape == (9000,) + shape and split.images.dtype == np.uint8
   assert split.num_classes == num_classes
@@ -294,8 +297,37 @@ def test_catalog_preparation_without_tensorflow_is_explained(tmp_path, monkeypat
     raise ModuleNotFoundError("No module named 'tensorflow'", name='tensorflow')
 
   monkeypatch.setattr(tfds, 'data_source', needs_tf)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'is_prepared', lambda self: True)
   with pytest.raises(data.DatasetError, match='prepares it with TensorFlow'):
     data.load_split('mnist', 'train', data_dir=str(tmp_path))
+
+
+def _fail_on_download(*args, **kwargs):
+  raise AssertionError('a download was started')
+
+
+@pytest.mark.parametrize('has_tensorflow,match', [
+    (False, 'with TensorFlow, which is not installed here'),
+    (True, 'cannot be downloaded: 127.0.0.1 is unreachable from here'),
+])
+def test_unprepared_catalog_dataset_fails_at_once_saying_what_to_do(
+    tmp_path, monkeypatch, has_tensorflow, match):
+  # Offline, TFDS alone retries its downloads for minutes; this fails before any download.
+  monkeypatch.setattr(loading, '_has_tensorflow', lambda: has_tensorflow)
+  monkeypatch.setattr(loading, 'DOWNLOAD_PROBE_HOST', '127.0.0.1')  # Port 443 is closed.
+  monkeypatch.setattr(tfds, 'data_source', _fail_on_download)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', _fail_on_download)
+  with pytest.raises(data.DatasetError, match=match) as error:
+    data.load_split('mnist', 'train', data_dir=str(tmp_path / 'tfds'))
+  message = str(error.value)
+  assert f'mnist is not prepared in {tmp_path / "tfds"}' in message
+  assert 'tfds build mnist --file_format=array_record' in message
+  assert "'mnist_idx'" in message and "'digits'" in message
+
+
+def test_unknown_dataset_names_where_it_looked(tmp_path):
+  with pytest.raises(data.DatasetError, match=f"unknown dataset 'no_such_set'.*{tmp_path}"):
+    data.load_split('no_such_set', 'train', data_dir=str(tmp_path))
 
 
 def test_empty_idx_split_is_refused_before_writing(tmp_path):

@@ -132,7 +132,7 @@ def test_open_run_loop_takes_a_plugin_algorithm(quick_config):
 
 
 def test_compare_runs_a_plugin_beside_hadfl(quick_config, tmp_path):
-  from configs import quick_compare  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import quick_compare  # pylint: disable=g-import-not-at-top
 
   config = quick_compare.get_config()
   config.dataset.data_dir = quick_config.dataset.data_dir

@@ -23,7 +23,7 @@ from tests import fixtures
 
 
 def _small_config(data_dir):
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
 
   config = default.get_config()
   config.dataset.data_dir = data_dir

@@ -56,7 +56,7 @@ def _child_main():
     assert cycle._cache_size() == 1  # pylint: disable=protected-access
     report[f'{shards}x{buckets}'] = 'ok'
   # The run loop end to end: 8 shards against 1, same summary.
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
   from hadfl_jax import train  # pylint: disable=g-import-not-at-top
   summaries = []
   for shards in (1, 8):

@@ -42,7 +42,7 @@ N = 8  # num_devices of the default config the invalid values are made for.
 
 
 def _default():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import default  # pylint: disable=g-import-not-at-top
 
   return default.get_config()
 
@@ -207,7 +207,7 @@ def test_every_config_field_has_invalid_values_here():
 
 
 def test_the_default_configs_are_valid():
-  from configs import quick_compare  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.configs import quick_compare  # pylint: disable=g-import-not-at-top
 
   validation.validate(_default())
   validation.validate(quick_compare.get_config())

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 from hadfl_jax import checkpoint
 from hadfl_jax import train
@@ -43,12 +43,15 @@ class RunRecord:
     history: the evaluation rows.
     wall_time_s: wall-clock seconds the run took (not part of its results).
     point: the grid point (``lr``, maybe ``h`` and ``'<algorithm>.<field>'`` overrides).
+    cached: True when this comparison found the run finished in its workdir and reused
+      it instead of running it (``wall_time_s`` is then the original run's).
   """
 
   summary: dict[str, Any]
   history: tuple[dict[str, Any], ...]
   wall_time_s: float
   point: dict[str, Any] = dataclasses.field(default_factory=dict)
+  cached: bool = False
 
   @property
   def time_to_target_s(self) -> float | None:
@@ -78,6 +81,39 @@ class RunRecord:
     return dataclasses.replace(self, point=dict(point))
 
 
+class RunCounter:
+  """Logs a comparison's runs as they finish: which, its figures, cached or its wall
+  time, and an estimate of the time left (from the runs actually run so far).
+
+  Args:
+    total: the number of runs this counter will see.
+    log: called with each line (``None``: silent).
+  """
+
+  def __init__(self, total: int, log: Callable[[str], None] | None):
+    self.total, self._log = total, log
+    self.done = self.ran = 0
+    self._ran_wall = 0.0
+
+  def __call__(self, label: str, record: RunRecord | None, figures: str = '') -> None:
+    """Counts one run (``record=None``: not run, e.g. ``cached_only``) and logs it."""
+    self.done += 1
+    if record is None:
+      status = 'not run (cached_only)'
+    elif record.cached:
+      status = 'cached'
+    else:
+      self.ran += 1
+      self._ran_wall += record.wall_time_s
+      status = f'wall {train.format_duration(record.wall_time_s)}'
+    left = self.total - self.done
+    eta = (f', eta {train.format_duration(self._ran_wall / self.ran * left)}'
+           if self.ran and left else '')
+    if self._log is not None:
+      self._log(f'[{self.done}/{self.total}] [{label}] {figures}{"  " if figures else ""}'
+                f'{status}{eta}')
+
+
 @dataclasses.dataclass(frozen=True)
 class Tuned:
   """One algorithm's grid: every record run, the points not run, and the winner."""
@@ -87,24 +123,27 @@ class Tuned:
   skipped: tuple[dict[str, Any], ...] = ()
 
 
-def run_point(config, setup: train.Setup, evaluator, workdir: str) -> RunRecord:
+def run_point(config, setup: train.Setup, evaluator, workdir: str,
+              verbose: bool = False) -> RunRecord:
   """Runs one algorithm with one config on a shared setup; returns its record.
 
   The run is :func:`hadfl_jax.train.train_and_evaluate`'s, on the shared data and
   evaluator, with the evaluation schedule in simulated seconds described in the module
-  docstring. A finished run of the same config in ``workdir`` is reused.
+  docstring. A finished run of the same config in ``workdir`` is reused (its record says
+  ``cached``). ``verbose`` prints the run's own lines (one per evaluation).
   """
   validation.validate(config)
   cached = load_run(config, workdir)
   if cached is not None:
-    return cached
+    return dataclasses.replace(cached, cached=True)
   if os.path.isdir(workdir):  # A stale or unfinished run of another config: start over.
     shutil.rmtree(workdir)
   run_config = copy.deepcopy(config)
   run_config.eval_interval_s = eval_interval(config, None)
   run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
   wall = time.perf_counter()
-  train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator)
+  train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
+                           verbose=verbose)
   with open(os.path.join(workdir, 'timing.json')) as f:
     timing = json.load(f)
   timing['wall_time_s'] = time.perf_counter() - wall

@@ -23,7 +23,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import socket
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -46,6 +48,10 @@ DATASETS = OWN_DATASETS + ('mnist', 'fashion_mnist', 'cifar10') + tuple(
 )
 IMAGE_KEY = 'image'
 LABEL_KEY = 'label'
+# Where TFDS downloads catalog datasets (and its prepared copies) from; checked, with a
+# short timeout, before a download is started.
+DOWNLOAD_PROBE_HOST = 'storage.googleapis.com'
+PROBE_TIMEOUT_S = 5.0
 # Records decoded per data-source call: batched reads, bounded temporary memory.
 _CHUNK = 8192
 
@@ -104,9 +110,12 @@ def load_split(
   else:
     if not _in_catalog(name):
       raise DatasetError(
-          f'unknown dataset {name!r}: known are {DATASETS} and TFDS catalog names'
+          f'unknown dataset {name!r} (looked in TFDS\'s catalog and in {data_dir}): '
+          f'known are {DATASETS} and the names of `tfds.list_builders()`'
       )
     with _prepare_lock(data_dir, name):
+      if not _is_prepared(name, data_dir):
+        _check_can_prepare(name, data_dir)
       source = _data_source(name, split, data_dir, download=True)
     decode = _decode_catalog_records
   features = source.dataset_info.features
@@ -170,6 +179,45 @@ def _prepare_lock(data_dir: str, name: str) -> Iterator[None]:
       yield
     finally:
       fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _is_prepared(name: str, data_dir: str) -> bool:
+  """Whether ``name`` is prepared in ``data_dir`` (then nothing is downloaded)."""
+  try:
+    return tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception as e:  # pylint: disable=broad-except  # Bad config or version: say so.
+    raise DatasetError(f'{name}: {e}') from e
+
+
+def _has_tensorflow() -> bool:
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+def _check_can_prepare(name: str, data_dir: str) -> None:
+  """Fails at once, saying what to do, where preparing ``name`` here cannot work.
+
+  Without these checks TFDS would retry its downloads for minutes on a machine with no
+  internet, or download everything and then fail for want of TensorFlow.
+  """
+  remedies = (
+      f'Either prepare it once where there is internet and TensorFlow (`pip install '
+      f'tensorflow`, then `tfds build {name} --file_format=array_record --data_dir=DIR`) '
+      f'and copy DIR/{name.split("/")[0]} into {data_dir}; or, for MNIST from the four '
+      "IDX files, use config.dataset.name='mnist_idx' with config.dataset.idx_dir; or use "
+      "the offline dataset 'digits'."
+  )
+  if not _has_tensorflow():
+    raise DatasetError(
+        f'{name} is not prepared in {data_dir}, and TFDS prepares catalog image datasets '
+        f'with TensorFlow, which is not installed here. {remedies}'
+    )
+  try:
+    socket.create_connection((DOWNLOAD_PROBE_HOST, 443), timeout=PROBE_TIMEOUT_S).close()
+  except OSError as e:
+    raise DatasetError(
+        f'{name} is not prepared in {data_dir}, and it cannot be downloaded: '
+        f'{DOWNLOAD_PROBE_HOST} is unreachable from here ({e}). {remedies}'
+    ) from e
 
 
 def _data_source(name: str, split: str, data_dir: str, download: bool, **kwargs: Any):
