@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import orbax.checkpoint as ocp
 import pytest
 
 from hadfl_jax import train
@@ -150,6 +151,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
   shutil.copytree(four_cycles, workdir)
   latest = workdir / 'checkpoints' / '4'
   targets = sorted(latest.glob(pattern))
+  if not targets and pattern.startswith('state/array_metadatas'):
+    pytest.skip(f'this orbax ({ocp.__version__}) writes no {pattern}')
   assert targets, sorted(str(p.relative_to(latest)) for p in latest.rglob('*'))
   # Of several files (content-named chunks), the largest: the parameters' bytes.
   _damage(max(targets, key=lambda p: p.stat().st_size), how)

@@ -133,3 +133,24 @@ def test_eval_schedule_in_cycles_and_in_simulated_seconds(quick_config):
   # A resumed run continues the schedule from its last evaluation.
   resumed = train.EvalSchedule.from_config(quick_config, [{'sim_time_s': 2.4}])
   assert not resumed.due(0, 3.5) and resumed.due(0, 3.6)
+
+
+@pytest.mark.parametrize('seconds,text', [(0, '0s'), (59.4, '59s'), (60, '1m00s'),
+                                          (3599, '59m59s'), (3600, '1h00m'), (7322, '2h02m')])
+def test_format_duration(seconds, text):
+  assert train.format_duration(seconds) == text
+
+
+def test_time_left_extrapolates_progress_towards_the_budget(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(train.time, 'perf_counter', lambda: clock[0])
+  ledger = train.Ledger(2)
+  ledger.cycles = 10  # Restored from a checkpoint: not counted in the rate.
+  left = train.TimeLeft(num_cycles=50, max_sim_time=0.0, ledger=ledger)
+  assert str(left) == 'eta ?'
+  ledger.cycles, clock[0] = 20, 130.0  # 10 cycles in 30 s; 30 cycles to go.
+  assert str(left) == 'eta 1m30s'
+  # A simulated-time cap that comes first sets the fraction; a target makes it a bound.
+  capped = train.TimeLeft(num_cycles=10**6, max_sim_time=4.0, ledger=ledger, bound=True)
+  ledger.sim_time, clock[0] = 3.0, 190.0  # From sim 0 at cycle 20 to 3 of 4 s: 60 s.
+  assert str(capped) == 'eta <=20s'

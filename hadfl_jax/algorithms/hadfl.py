@@ -145,26 +145,42 @@ def plan(problem: base.Problem, config: Config, state: State) -> dict[str, jax.A
               true_speed_N=true_speed_N)
 
 
+def group_mixing(problem: base.Problem, config: Config, p: dict[str, jax.Array],
+                 version_N: jax.Array) -> mixing.GroupMixing:
+  """Step 4's group averaging in the cycle planned as ``p`` (:func:`plan`).
+
+  Args:
+    problem: the problem.
+    config: HADFL's options (``weights``).
+    p: the cycle's plan.
+    version_N: the devices' versions after the cycle's local steps (the state's
+      ``devices.version + p['budgets_N']``), which ``weights='version'`` uses.
+
+  Returns:
+    The sparse mixing (``mixing.group_to_dense`` gives its N x N matrix).
+  """
+  return mixing.GroupMixing(
+      idx_K=p['idx_K'],
+      weight_K=mixing.group_weights(
+          config.weights, idx_K=p['idx_K'], valid_K=p['survive_K'],
+          num_examples_N=jnp.asarray(problem.num_examples_N, jnp.float32),
+          budgets_N=p['budgets_N'], version_N=version_N),
+      valid_K=p['survive_K'])
+
+
 def make(problem: base.Problem, config: Config,
          engine: engine_lib.EngineConfig | None = None) -> base.Algorithm:
   """HADFL on ``problem`` (see the module docstring)."""
   trainer = engine_lib.LocalTrainer(problem, engine)
-  n_N = jnp.asarray(problem.num_examples_N, jnp.float32)
 
   def cycle(state: State, data: device_data.DeviceData) -> tuple[State, base.CycleInfo]:
     p = plan(problem, config, state)
     budgets_N = p['budgets_N']
 
-    def group(devices):
-      return mixing.GroupMixing(
-          idx_K=p['idx_K'],
-          weight_K=mixing.group_weights(config.weights, idx_K=p['idx_K'],
-                                        valid_K=p['survive_K'], num_examples_N=n_N,
-                                        budgets_N=budgets_N, version_N=devices.version),
-          valid_K=p['survive_K'])
-
     devices, loss_N, synced_N = engine_lib.train_and_mix(
-        trainer, state.devices, data, budgets_N, group, opt_state_rule=config.opt_state)
+        trainer, state.devices, data, budgets_N,
+        lambda trained: group_mixing(problem, config, p, trained.version),
+        opt_state_rule=config.opt_state)
 
     # The clock: the slowest selected device's compute, then the sync.
     compute_N = clock.compute_time(budgets_N, p['true_speed_N'])

@@ -137,17 +137,22 @@ def ablation_over_seeds(paths: Sequence[str]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _figure():
+  """A matplotlib figure that is saved, never shown: no pyplot, so the process's
+  backend (a notebook's inline one, say) is left as it is."""
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  return figure.Figure(figsize=(6, 4))
+
+
 def plot_curves(tuned: dict[str, Tuned], workdir: str, target: float) -> list[str]:
   """accuracy_vs_time.png and accuracy_vs_bytes.png of every algorithm's winner."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   paths = []
   for key, xlabel, fname, scale in (
       ('sim_time_s', 'simulated time (s)', 'accuracy_vs_time.png', 1.0),
       ('bytes_sent', 'communicated bytes, all devices and server (MB)',
        'accuracy_vs_bytes.png', 1e-6)):
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure()
+    ax = fig.subplots()
     for name, t in tuned.items():
       h = t.best.history
       ax.plot([r[key] * scale for r in h], [r['consensus_accuracy'] for r in h],
@@ -163,16 +168,13 @@ def plot_curves(tuned: dict[str, Tuned], workdir: str, target: float) -> list[st
     fig.tight_layout()
     path = os.path.join(workdir, fname)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     paths.append(path)
   return paths
 
 
 def plot_sweep(rows, workdir: str) -> str:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = _figure()
+  ax = fig.subplots()
   names = sorted({n for r in rows for n in r.get('hadfl_speedup', {})})
   for name in names:
     xs, ys, lb = [], [], []
@@ -197,6 +199,5 @@ def plot_sweep(rows, workdir: str) -> str:
   fig.tight_layout()
   path = os.path.join(workdir, 'sweep_speedup.png')
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
