@@ -193,9 +193,12 @@ def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
   algorithm_config(config, name).check_devices(n, f'{name}.')
   for section, read in COMMON_SECTIONS:
     read(config).check_devices(n, f'{section}.')
-  if 'compare' in config:
-    for other in compare_config(config).algorithms:
-      algorithm_config(config, other).check_devices(n, f'{other}.')
+  # Every algorithm section present is read, so a bad value in any is refused; what needs
+  # N is checked for the active one (the comparison validates each algorithm it compares
+  # as its own run, before any work).
+  for other in algorithms_lib.names():
+    if other in config:
+      algorithm_config(config, other)
 
   # The run.
   _number(config, 'num_cycles', low=1, integer=True)

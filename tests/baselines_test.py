@@ -18,7 +18,7 @@ from tests import fixtures
 N = 4
 
 
-BASELINES = ('ddp', 'dfedavg', 'fedavg', 'dpsgd')
+BASELINES = ('ddp', 'dfedavg', 'fedavg', 'dpsgd', 'adpsgd', 'prague', 'fedbuff')
 
 
 def setup(name, optimizer=None, p_drop=0.0, down_trace=(), jitter_sigma=0.0, **kw):

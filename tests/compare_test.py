@@ -71,7 +71,7 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
   config.compare.sweep = True
   config.compare.sweep_ratios = (1.0, 8.0)
   config.compare.ablation = True
-  config.max_sim_time = 5.0
+  config.max_sim_time = 2.0  # HADFL reaches the target; D-FedAvg gives a lower bound.
   monkeypatch.setattr(compare, 'ABLATION', (('hadfl.rho', (0.5, 1.0)),))
   results = compare.compare(config, str(tmp_path), log=lambda _: None)
   rows = results['sweep']['rows']
@@ -148,6 +148,7 @@ def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
   # results/quick_digits was computed before each algorithm had its own config section;
   # its COMMAND, run today, finds every cached run (runs/<algorithm>_<point>/run_key.json).
   config.hadfl.weights = 'data'
+  config.compare.algorithms = ('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd')  # Then.
   config.target_accuracy, config.max_sim_time = 0.95, 60.0
   config.compare.learning_rates, config.compare.local_steps = (0.02, 0.05, 0.1), (5, 20)
   setup = train.build_setup(config)

@@ -264,7 +264,7 @@ def test_python_misuse_gets_the_command_lines_message():
 @pytest.mark.parametrize('field,value,allowed', [
     ('profile.speeds', (1.0, 2.0), r'needs one speed per device \(num_devices=8\), got 2'),
     ('hadfl.rho', 1.5, r'must be in \(0, 1\]'),
-    ('dpsgd.graph', 'star', "must be one of \\('ring', 'torus', 'exponential'\\)"),
+    ('dpsgd.graph', 'star', "must be one of \\('ring', 'torus', 'exponential', 'complete'\\)"),
     ('optimizer.learning_rate', -0.1, r'must be in \(0, inf\]'),
     ('partition.alpha', 0.0, r'must be in \(0, inf\]'),
     ('model', 'resnet', "must be one of \\('mlp'"),
@@ -391,7 +391,15 @@ def valid_configs(draw, data_dir):
     config[name].local_steps = draw(st.integers(1, 5))
   config.ddp.steps_per_cycle = draw(st.integers(1, 5))
   config.fedavg.fraction = draw(st.floats(0.01, 1))
-  config.dpsgd.graph = draw(st.sampled_from(['ring', 'torus', 'exponential']))
+  config.dpsgd.graph = draw(st.sampled_from(['ring', 'torus', 'exponential', 'complete']))
+  for name in ('adpsgd', 'prague'):
+    config[name].local_steps = draw(st.integers(1, 3))
+    config[name].window_s = draw(st.sampled_from([0.0, 0.01]))
+  config.adpsgd.graph = draw(st.sampled_from(['ring', 'complete']))
+  config.prague.group_size = draw(st.integers(2, n))
+  config.fedbuff.local_steps = draw(st.integers(1, 3))
+  config.fedbuff.buffer_size = draw(st.integers(1, 4))
+  config.fedbuff.server_lr = draw(st.sampled_from([0.5, 1.0]))
   config.faults.p_drop = draw(st.sampled_from([0.0, 0.3]))
   config.faults.p_sync_fail = draw(st.sampled_from([0.0, 0.3]))
   config.faults.down_trace = tuple(draw(st.lists(

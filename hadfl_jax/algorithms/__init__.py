@@ -22,6 +22,9 @@ from hadfl_jax.algorithms import ddp  # isort: skip
 from hadfl_jax.algorithms import dfedavg  # isort: skip
 from hadfl_jax.algorithms import fedavg  # isort: skip
 from hadfl_jax.algorithms import dpsgd  # isort: skip
+from hadfl_jax.algorithms import adpsgd  # isort: skip
+from hadfl_jax.algorithms import prague  # isort: skip
+from hadfl_jax.algorithms import fedbuff  # isort: skip
 
 __all__ = ['ALGORITHMS', 'Algorithm', 'GridContext', 'apply_grid_point', 'base', 'build',
            'config_of', 'grid_knobs', 'names', 'register']

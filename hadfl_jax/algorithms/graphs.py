@@ -16,7 +16,9 @@ which is symmetric and doubly stochastic for any undirected graph. Graphs:
   is at most 2);
 * ``exponential``: i ~ i +- 2^k (mod N) for 2^k < N, made undirected (Assran et al.
   2019 use the directed one-peer variant; we keep the undirected graph so that MH
-  weights apply).
+  weights apply);
+* ``complete``: every pair (AD-PSGD's neighbour is then any other device; D-PSGD's
+  Metropolis-Hastings average is the plain average, 1 / N each).
 
 The padded form (:class:`Graph`) stores each device's own index in slot 0 and its
 neighbours after it, padding with the device itself and a False mask. :func:`mh_mixing`
@@ -113,6 +115,11 @@ def exponential(n: int) -> list[set[int]]:
       out[i].update({(i + hop) % n, (i - hop) % n})
     hop *= 2
   return out
+
+
+@GRAPHS.register('complete')
+def complete(n: int) -> list[set[int]]:
+  return [set(range(n)) - {i} for i in range(n)]
 
 
 def neighbour_sets(kind: str, num_devices: int) -> list[set[int]]:

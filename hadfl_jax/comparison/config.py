@@ -18,8 +18,9 @@ class CompareConfig(tc.Section):
 
   SECTION = 'compare'
 
-  algorithms: tuple = tc.names(('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd'),
-                               algorithms.ALGORITHMS, doc='the algorithms compared')
+  algorithms: tuple = tc.names(
+      ('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd', 'adpsgd', 'prague', 'fedbuff'),
+      algorithms.ALGORITHMS, doc='the algorithms compared')
   learning_rates: tuple = tc.numbers((0.02, 0.05), low=0, low_open=True,
                                      doc='the same learning-rate grid for every algorithm')
   local_steps: tuple = tc.integers((5, 20), low=1,

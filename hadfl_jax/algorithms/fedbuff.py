@@ -1,0 +1,208 @@
+"""FedBuff (Nguyen, Malik, Zhao, Rabbat, Huba, Sanjabi, Esmaeili, Joshi, "Federated
+Learning with Buffered Asynchronous Aggregation", AISTATS 2022; ``docs/spec.md``,
+"Baselines", FedBuff).
+
+The standard asynchronous server method, on the event clock
+(:mod:`hadfl_jax.core.events`). Every client (device) repeats, at its own speed: pull
+the server's model x (version tau_i), run H = ``local_steps`` local steps from it
+(H / s_i seconds), upload the change delta_i (M / b_i + l seconds), and pull again
+(M / b_i + l). The server adds each arriving delta, weighted by its staleness
+s = version - tau_i as w(s) = (1 + s)^(-``staleness_exponent``) (the paper's
+1 / sqrt(1 + s) for 0.5; 0 turns it off), to a buffer; once the buffer holds
+K = ``buffer_size`` deltas it updates
+
+  x <- x + eta_g * (1 / K) * sum_k w(s_k) delta_k,   version <- version + 1
+
+(eta_g = ``server_lr``) and empties the buffer. The server's link carries every upload
+and every download (``server_bytes``, 2 M per client round trip); each client sends M.
+
+An event is the arrival of a client's upload at the server; the client then pulls the
+current model (after the update its delta may have triggered) and starts again. Events
+grouped in one tick are buffered together: if the buffer reaches K during a tick, one
+update averages everything buffered (exact when a tick is one event). Faults, per event:
+a client down when its upload is due (``faults.p_drop``, ``faults.down_trace`` at the
+reported cycle) keeps its delta and tries again H / s_i later; an upload that fails
+(``faults.p_sync_fail``) is lost and the client starts over from the current model.
+Device models are the clients' own (pulled model plus their steps); the consensus model
+is the server's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from hadfl_jax import typed_config as tc
+from hadfl_jax.algorithms import base
+from hadfl_jax.core import engine as engine_lib
+from hadfl_jax.core import events
+from hadfl_jax.core import local
+
+GRID_KNOBS = ('lr', 'h')
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(tc.Section):
+  SECTION = 'fedbuff'
+
+  local_steps: int = tc.integer(10, low=1, doc='H, local steps per client round trip')
+  buffer_size: int = tc.integer(3, low=1, doc='K, deltas per server update')
+  server_lr: float = tc.number(1.0, low=0, low_open=True, doc='eta_g, the server step')
+  staleness_exponent: float = tc.number(0.5, low=0, doc='w(s) = (1 + s)^-a; 0: unweighted')
+  window_s: float = tc.number(0.0, low=0, doc='tick width, simulated s; 0: half the '
+                              "fastest device's H-step time")
+  cycle_s: float = tc.number(0.05, low=0, low_open=True,
+                             doc='simulated seconds per reported cycle')
+
+  def window(self, problem: base.Problem) -> float:
+    if self.window_s > 0:
+      return float(self.window_s)
+    return 0.5 * self.local_steps / float(max(problem.profile.speed_N))
+
+
+def apply_grid_point(config: Config, point, context: base.GridContext) -> Config:
+  """The grid's ``h`` is FedBuff's ``local_steps``."""
+  del context
+  return config.replace(local_steps=int(point['h'])) if 'h' in point else config
+
+
+@flax.struct.dataclass
+class State:
+  """FedBuff's state.
+
+  Attributes:
+    devices: the clients' stacked states; ``params`` are their current local models.
+    delta: each client's pending change (its local model minus the model it pulled).
+    pulled_N: int32, the server version each client pulled.
+    server: the server's model x.
+    version: int32, the server's version.
+    buffer: the weighted sum of the buffered deltas.
+    buffered: int32, how many deltas are buffered.
+    down_N: bool, whether a client was down at its last event.
+    clock: the event clock.
+    cycle: the next reported cycle.
+    key: raw PRNG key of the draws.
+  """
+
+  devices: local.DeviceState
+  delta: base.PyTree
+  pulled_N: jax.Array
+  server: base.PyTree
+  version: jax.Array
+  buffer: base.PyTree
+  buffered: jax.Array
+  down_N: jax.Array
+  clock: events.Clock
+  cycle: jax.Array
+  key: jax.Array
+
+
+def init(problem: base.Problem, key: jax.Array) -> State:
+  device_key, event_key = jax.random.split(key)
+  n = problem.num_devices
+  devices = local.init_devices(device_key, problem.init_params, problem.optimizer, n)
+  zeros = jax.tree.map(jnp.zeros_like, problem.init_params)
+  return State(devices=devices, delta=jax.tree.map(jnp.zeros_like, devices.params),
+               pulled_N=jnp.zeros((n,), jnp.int32),
+               server=jax.tree.map(jnp.asarray, problem.init_params),
+               version=jnp.zeros((), jnp.int32), buffer=zeros,
+               buffered=jnp.zeros((), jnp.int32), down_N=jnp.zeros((n,), bool),
+               clock=events.Clock.start(n), cycle=jnp.zeros((), jnp.int32), key=event_key)
+
+
+def make(problem: base.Problem, config: Config,
+         engine: engine_lib.EngineConfig | None = None) -> base.Algorithm:
+  trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
+  n, h, k, m = problem.num_devices, config.local_steps, config.buffer_size, problem.model_bytes
+  width = config.window(problem)
+  speed_N = jnp.asarray(problem.profile.speed_N, jnp.float32)
+  bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
+  link_N = m / bandwidth_N + problem.profile.latency  # One upload or one download.
+  trace = problem.faults.trace(n)
+
+  def tick(state: State, data, report: dict) -> tuple[State, dict]:
+    clock = state.clock
+    due_N = events.due(clock, width)
+    keys = jax.vmap(lambda kk: jax.random.split(kk, 3))(events.event_keys(state.key, clock))
+    k_down, k_fail, k_jitter = (keys[:, i] for i in range(3))
+    down_N = jax.vmap(lambda kk: jax.random.bernoulli(kk, problem.faults.p_drop))(k_down)
+    if len(trace):
+      tr = jnp.asarray(trace)
+      active_D = (tr[:, 1] <= state.cycle) & (state.cycle < tr[:, 2])
+      down_N = down_N | jnp.zeros((n,), bool).at[tr[:, 0]].max(active_D)
+    down_N = jnp.where(due_N, down_N, state.down_N)
+    start_N = due_N & (clock.events_N == 0)  # Time 0: every client has the initial model.
+    arrive_N = due_N & ~start_N & ~down_N
+    failed_N = jax.vmap(lambda kk: jax.random.bernoulli(kk, problem.faults.p_sync_fail))(k_fail)
+    upload_N = arrive_N & ~failed_N
+
+    # The server buffers the arriving deltas, weighted by staleness, and updates once
+    # K are buffered.
+    staleness_N = (state.version - state.pulled_N).astype(jnp.float32)
+    w_N = jnp.where(upload_N, (1.0 + staleness_N) ** (-config.staleness_exponent), 0.0)
+    buffer = jax.tree.map(lambda b, d: b + jnp.tensordot(w_N, d.astype(jnp.float32), axes=1)
+                          .astype(b.dtype), state.buffer, state.delta)
+    buffered = state.buffered + jnp.sum(upload_N).astype(jnp.int32)
+    update = buffered >= k
+    server = jax.tree.map(lambda x, b: jnp.where(update, x + config.server_lr * b / k, x),
+                          state.server, buffer)
+    version = state.version + update.astype(jnp.int32)
+    buffer = jax.tree.map(lambda b: jnp.where(update, jnp.zeros_like(b), b), buffer)
+    buffered = jnp.where(update, 0, buffered)
+
+    # Clients that started or arrived pull the current model and run H steps from it.
+    pull_N = start_N | arrive_N
+    params = jax.tree.map(
+        lambda p, x: jnp.where(pull_N.reshape((n,) + (1,) * x.ndim), x[None], p),
+        state.devices.params, server)
+    budgets_N = jnp.where(pull_N, h, 0).astype(jnp.int32)
+    trained, loss_N = trainer(state.devices.replace(params=params), data, budgets_N)
+    delta = jax.tree.map(lambda new, old, d: jnp.where(
+        pull_N.reshape((n,) + (1,) * (old.ndim - 1)), new - old, d),
+        trained.params, params, state.delta)
+    true_speed_N = speed_N
+    if problem.profile.jitter_sigma > 0:
+      z_N = jax.vmap(lambda kk: jax.random.normal(kk))(k_jitter)
+      true_speed_N = speed_N * jnp.exp(problem.profile.jitter_sigma * z_N)
+    busy_N = h / true_speed_N
+    duration_N = jnp.where(start_N, busy_N + link_N,  # Compute, upload.
+                           jnp.where(arrive_N, 2 * link_N + busy_N, busy_N))  # (Down: retry.)
+    sent_N = jnp.where(upload_N, m, 0.0)
+    report = dict(bytes_N=report['bytes_N'] + sent_N,
+                  server_bytes=report['server_bytes'] + m * (jnp.sum(upload_N)
+                                                             + jnp.sum(arrive_N)),
+                  budgets_N=report['budgets_N'] + budgets_N,
+                  loss_sum_N=report['loss_sum_N'] + loss_N * budgets_N,
+                  synced_N=report['synced_N'] | upload_N, up_N=~down_N)
+    state = state.replace(
+        devices=trained, delta=delta,
+        pulled_N=jnp.where(pull_N, version, state.pulled_N), server=server, version=version,
+        buffer=buffer, buffered=buffered, down_N=down_N,
+        clock=events.fire(clock, due_N, duration_N))
+    return state, report
+
+  def cycle(state: State, data) -> tuple[State, base.CycleInfo]:
+    start = events.now(state.clock)
+    report = dict(bytes_N=jnp.zeros((n,), jnp.float32), server_bytes=jnp.zeros((), jnp.float32),
+                  budgets_N=jnp.zeros((n,), jnp.int32), loss_sum_N=jnp.zeros((n,), jnp.float32),
+                  synced_N=jnp.zeros((n,), bool), up_N=jnp.ones((n,), bool))
+    state, report = jax.lax.while_loop(
+        lambda carry: events.now(carry[0].clock) < start + config.cycle_s,
+        lambda carry: tick(carry[0], data, carry[1]), (state, report))
+    loss_N = report['loss_sum_N'] / jnp.maximum(report['budgets_N'], 1)
+    info = base.CycleInfo.make(events.now(state.clock) - start, report['bytes_N'],
+                               report['budgets_N'], loss_N, report['up_N'],
+                               report['synced_N'], server_bytes=report['server_bytes'])
+    return state.replace(cycle=state.cycle + 1), info
+
+  return base.Algorithm(
+      name='fedbuff', init=lambda key: init(problem, key), cycle=cycle,
+      device_params=lambda state: state.devices.params,
+      consensus_params=lambda state: state.server)
+
+
+base.register('fedbuff', sys.modules[__name__])
