@@ -64,33 +64,46 @@ def test_hand_computed_timeline_and_bytes():
 SPEEDS = (1.0, 1.7, 2.9, 4.3)  # x10 steps/s: distinct, so no two events coincide.
 
 
+def _matches_the_event_loop(name, reference_fn, options, fault_kw, jitter, seed, floats,
+                            exact):
+  """Runs two cycles of ``name`` with a window far below the gaps between events (one
+  event per tick) and checks them against ``reference_fn``, the plain event loop:
+  the clock, the bytes, ``floats(state)`` to float tolerance, ``exact(state)`` exactly."""
+  problem, data = fixtures.make_tiny_problem(speeds=SPEEDS)
+  problem = problem.replace(faults=faults.FaultsConfig(**fault_kw),
+                            profile=problem.profile._replace(jitter_sigma=jitter))
+  config = algorithms.config_of(name, dict(window_s=1e-7, cycle_s=0.4, **options))
+  algorithm = algorithms.build(name, problem, config)
+  cycle = jax.jit(algorithm.cycle)
+  state = algorithm.init(jax.random.PRNGKey(seed))
+  expected = state
+  for _ in range(2):
+    end = float(events.now(state.clock)) + config.cycle_s  # Where the cycle stops.
+    state, info = cycle(state, data)
+    expected, sent, *server = reference_fn(problem, config, expected, data, end)
+    expected = expected.replace(cycle=expected.cycle + 1)
+    np.testing.assert_array_equal(state.clock.events_N, expected.clock.events_N)
+    np.testing.assert_allclose(state.clock.next_N, expected.clock.next_N, rtol=1e-5)
+    np.testing.assert_allclose(info.bytes_sent_N, sent, rtol=1e-6)
+    if server:
+      assert float(info.server_bytes) == pytest.approx(server[0], rel=1e-6)
+    for got, want in zip(jax.tree.leaves(floats(state)), jax.tree.leaves(floats(expected))):
+      np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    for got, want in zip(exact(state), exact(expected)):
+      np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(state.devices.steps, expected.devices.steps)
+  return state
+
+
 @pytest.mark.parametrize('options,fault_kw,jitter', [
     (dict(graph='ring', local_steps=1), {}, 0.0),
     (dict(graph='complete', local_steps=3), {}, 0.0),
     (dict(graph='ring', local_steps=2), dict(p_drop=0.25, p_sync_fail=0.25), 0.2),
 ])
 def test_vectorised_events_match_the_plain_event_loop(options, fault_kw, jitter):
-  problem, data = fixtures.make_tiny_problem(speeds=SPEEDS)
-  problem = problem.replace(faults=faults.FaultsConfig(**fault_kw),
-                            profile=problem.profile._replace(jitter_sigma=jitter))
-  # A window far below the gaps between events: one event per tick.
-  algorithm, config = _adpsgd(problem, window_s=1e-7, cycle_s=0.4, **options)
-  cycle = jax.jit(algorithm.cycle)
-  state = algorithm.init(jax.random.PRNGKey(3))
-  expected = state
-  for _ in range(2):
-    end = float(events.now(state.clock)) + config.cycle_s  # Where the cycle stops.
-    state, info = cycle(state, data)
-    expected, sent_c = reference.reference_adpsgd(problem, config, expected, data, end)
-    expected = expected.replace(cycle=expected.cycle + 1)
-    np.testing.assert_array_equal(state.clock.events_N, expected.clock.events_N)
-    np.testing.assert_allclose(state.clock.next_N, expected.clock.next_N, rtol=1e-5)
-    np.testing.assert_allclose(info.bytes_sent_N, sent_c, rtol=1e-6)
-    for got, want in zip(jax.tree.leaves((state.devices.params, state.delta)),
-                         jax.tree.leaves((expected.devices.params, expected.delta))):
-      np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
-    np.testing.assert_array_equal(state.devices.steps, expected.devices.steps)
-    np.testing.assert_array_equal(state.pending_N, expected.pending_N)
+  state = _matches_the_event_loop(
+      'adpsgd', reference.reference_adpsgd, options, fault_kw, jitter, 3,
+      floats=lambda st: (st.devices.params, st.delta), exact=lambda st: (st.pending_N,))
   assert int(np.sum(state.clock.events_N)) > 20  # A real test: many events, exchanges.
 
 
@@ -166,27 +179,9 @@ def test_prague_hand_computed_timeline_and_bytes():
     (dict(local_steps=2, group_size=2), dict(p_drop=0.25, p_sync_fail=0.25), 0.2),
 ])
 def test_prague_matches_the_plain_event_loop(options, fault_kw, jitter):
-  problem, data = fixtures.make_tiny_problem(speeds=SPEEDS)
-  problem = problem.replace(faults=faults.FaultsConfig(**fault_kw),
-                            profile=problem.profile._replace(jitter_sigma=jitter))
-  algorithm, config = _prague(problem, window_s=1e-7, cycle_s=0.4, **options)
-  cycle = jax.jit(algorithm.cycle)
-  state = algorithm.init(jax.random.PRNGKey(5))
-  expected = state
-  for _ in range(2):
-    end = float(events.now(state.clock)) + config.cycle_s
-    state, info = cycle(state, data)
-    expected, sent_c = reference.reference_prague(problem, config, expected, data, end)
-    expected = expected.replace(cycle=expected.cycle + 1)
-    np.testing.assert_array_equal(state.clock.events_N, expected.clock.events_N)
-    np.testing.assert_allclose(state.clock.next_N, expected.clock.next_N, rtol=1e-5)
-    np.testing.assert_array_equal(state.ready_N, expected.ready_N)
-    assert int(state.formations) == int(expected.formations)
-    np.testing.assert_allclose(info.bytes_sent_N, sent_c, rtol=1e-6)
-    for got, want in zip(jax.tree.leaves(state.devices.params),
-                         jax.tree.leaves(expected.devices.params)):
-      np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
-    np.testing.assert_array_equal(state.devices.steps, expected.devices.steps)
+  state = _matches_the_event_loop(
+      'prague', reference.reference_prague, options, fault_kw, jitter, 5,
+      floats=lambda st: st.devices.params, exact=lambda st: (st.ready_N, st.formations))
   assert int(state.formations) >= 4  # Many groups formed: a real test.
 
 
@@ -234,28 +229,8 @@ def test_fedbuff_hand_computed_server_updates_and_bytes():
     (dict(local_steps=2, buffer_size=2), dict(p_drop=0.25, p_sync_fail=0.25), 0.2),
 ])
 def test_fedbuff_matches_the_plain_event_loop(options, fault_kw, jitter):
-  problem, data = fixtures.make_tiny_problem(speeds=SPEEDS)
-  problem = problem.replace(faults=faults.FaultsConfig(**fault_kw),
-                            profile=problem.profile._replace(jitter_sigma=jitter))
-  algorithm, config = _fedbuff(problem, window_s=1e-7, cycle_s=0.4, **options)
-  cycle = jax.jit(algorithm.cycle)
-  state = algorithm.init(jax.random.PRNGKey(7))
-  expected = state
-  for _ in range(2):
-    end = float(events.now(state.clock)) + config.cycle_s
-    state, info = cycle(state, data)
-    expected, sent_c, server_c = reference.reference_fedbuff(problem, config, expected, data,
-                                                             end)
-    expected = expected.replace(cycle=expected.cycle + 1)
-    np.testing.assert_array_equal(state.clock.events_N, expected.clock.events_N)
-    np.testing.assert_allclose(state.clock.next_N, expected.clock.next_N, rtol=1e-5)
-    assert int(state.version) == int(expected.version)
-    np.testing.assert_array_equal(state.pulled_N, expected.pulled_N)
-    np.testing.assert_allclose(info.bytes_sent_N, sent_c, rtol=1e-6)
-    assert float(info.server_bytes) == pytest.approx(server_c, rel=1e-6)
-    for got, want in zip(
-        jax.tree.leaves((state.server, state.buffer, state.devices.params, state.delta)),
-        jax.tree.leaves((expected.server, expected.buffer, expected.devices.params,
-                         expected.delta))):
-      np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+  state = _matches_the_event_loop(
+      'fedbuff', reference.reference_fedbuff, options, fault_kw, jitter, 7,
+      floats=lambda st: (st.server, st.buffer, st.devices.params, st.delta),
+      exact=lambda st: (st.version, st.pulled_N, st.buffered))
   assert int(state.version) >= 4  # Many server updates: a real test.

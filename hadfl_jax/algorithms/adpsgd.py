@@ -35,9 +35,9 @@ import sys
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hadfl_jax import typed_config as tc
+from hadfl_jax.algorithms import asynchronous
 from hadfl_jax.algorithms import base
 from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import engine as engine_lib
@@ -49,27 +49,14 @@ GRID_KNOBS = ('lr', 'h')
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(tc.Section):
+class Config(asynchronous.EventConfig):
   SECTION = 'adpsgd'
 
   local_steps: int = tc.integer(1, low=1, doc='H, local steps between exchanges (paper: 1)')
   graph: str = tc.choice('ring', graphs.GRAPHS, doc='who may exchange (graphs.GRAPHS)')
-  window_s: float = tc.number(0.0, low=0, doc='tick width, simulated s; 0: half the '
-                              "fastest device's H-step time")
-  cycle_s: float = tc.number(0.05, low=0, low_open=True,
-                             doc='simulated seconds per reported cycle')
-
-  def window(self, problem: base.Problem) -> float:
-    """The tick width: ``window_s``, or half the fastest device's compute time."""
-    if self.window_s > 0:
-      return float(self.window_s)
-    return 0.5 * self.local_steps / float(np.max(problem.profile.speed_N))
 
 
-def apply_grid_point(config: Config, point, context: base.GridContext) -> Config:
-  """The grid's ``h`` is AD-PSGD's ``local_steps``."""
-  del context
-  return config.replace(local_steps=int(point['h'])) if 'h' in point else config
+apply_grid_point = asynchronous.apply_grid_point
 
 
 def describe(config: Config, problem: base.Problem) -> dict:
@@ -142,28 +129,19 @@ def make(problem: base.Problem, config: Config,
   graph = graphs.make_graph(config.graph, problem.num_devices)
   n, h, m = problem.num_devices, config.local_steps, problem.model_bytes
   width = config.window(problem)
-  speed_N = jnp.asarray(problem.profile.speed_N, jnp.float32)
   bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
-  trace = problem.faults.trace(n)
 
   def tick(state: State, data, report: dict) -> tuple[State, dict]:
     clock = state.clock
     due_N = events.due(clock, width)
-    keys = jax.vmap(lambda k: jax.random.split(k, 4))(events.event_keys(state.key, clock))
-    k_down, k_partner, k_fail, k_jitter = (keys[:, i] for i in range(4))
-    down_N = jax.vmap(lambda k: jax.random.bernoulli(k, problem.faults.p_drop))(k_down)
-    if trace is not None and len(trace):
-      t = jnp.asarray(trace)
-      active_D = (t[:, 1] <= state.cycle) & (state.cycle < t[:, 2])
-      down_N = down_N | jnp.zeros((n,), bool).at[t[:, 0]].max(active_D)
-    down_N = jnp.where(due_N, down_N, state.down_N)  # Drawn at a device's own events.
+    keys, down_N = asynchronous.event_draws(problem, state, due_N, 3)
+    k_partner, k_fail, k_jitter = (keys[:, i] for i in range(3))
     up_due_N = due_N & ~down_N
     partner_N = random_neighbour(k_partner, graph)
     wants_N = up_due_N & state.pending_N & (partner_N != jnp.arange(n)) & ~down_N[partner_N]
     go_N = events.first_come(wants_N, partner_N, events.priority(clock))
     fired_N = due_N & ~(wants_N & ~go_N)  # Collisions wait for the next tick.
-    failed_N = jax.vmap(lambda k: jax.random.bernoulli(k, problem.faults.p_sync_fail))(k_fail)
-    go_N = go_N & ~failed_N
+    go_N = go_N & ~asynchronous.failures(problem, k_fail)
 
     # 3. The atomic exchanges (disjoint pairs), then 4. the pending updates.
     devices, _ = engine_lib.mix_devices(state.devices, pair_mixing(go_N, partner_N),
@@ -183,46 +161,23 @@ def make(problem: base.Problem, config: Config,
         trained.params, devices.params, state.delta)
     devices = trained.replace(params=devices.params, version=devices.version)
 
-    true_speed_N = speed_N
-    if problem.profile.jitter_sigma > 0:
-      z_N = jax.vmap(lambda k: jax.random.normal(k))(k_jitter)
-      true_speed_N = speed_N * jnp.exp(problem.profile.jitter_sigma * z_N)
+    true_speed_N = asynchronous.true_speeds(problem, k_jitter)
     link_N = jnp.minimum(bandwidth_N, bandwidth_N[partner_N])
     exchange_N = jnp.where(go_N, m / link_N + problem.profile.latency, 0.0)
     duration_N = exchange_N + h / true_speed_N
     sent_N = jnp.where(go_N, m, 0.0)
     sent_N = sent_N.at[jnp.where(go_N, partner_N, n)].add(m, mode='drop')
     mates = pair_mixing(go_N, partner_N).cols_NxD[:, 1] != jnp.arange(n)
-    report = dict(
-        bytes_N=report['bytes_N'] + sent_N,
-        budgets_N=report['budgets_N'] + budgets_N,
-        loss_sum_N=report['loss_sum_N'] + loss_N * budgets_N,
-        synced_N=report['synced_N'] | mates,
-        up_N=~down_N)
+    report = asynchronous.add_to_report(report, sent_N=sent_N, budgets_N=budgets_N,
+                                        loss_N=loss_N, synced_N=mates, down_N=down_N)
     state = state.replace(devices=devices, delta=delta,
                           pending_N=jnp.where(compute_N, True, state.pending_N),
                           down_N=down_N, clock=events.fire(clock, fired_N, duration_N))
     return state, report
 
-  def cycle(state: State, data) -> tuple[State, base.CycleInfo]:
-    start = events.now(state.clock)
-    report = dict(bytes_N=jnp.zeros((n,), jnp.float32), budgets_N=jnp.zeros((n,), jnp.int32),
-                  loss_sum_N=jnp.zeros((n,), jnp.float32), synced_N=jnp.zeros((n,), bool),
-                  up_N=jnp.ones((n,), bool))
-    state, report = jax.lax.while_loop(
-        lambda carry: events.now(carry[0].clock) < start + config.cycle_s,
-        lambda carry: tick(carry[0], data, carry[1]), (state, report))
-    loss_N = report['loss_sum_N'] / jnp.maximum(report['budgets_N'], 1)
-    info = base.CycleInfo.make(events.now(state.clock) - start, report['bytes_N'],
-                               report['budgets_N'], loss_N, report['up_N'],
-                               report['synced_N'])
-    return state.replace(cycle=state.cycle + 1), info
-
-  return base.Algorithm(
-      name='adpsgd', init=lambda key: init(problem, key), cycle=cycle,
-      device_params=lambda state: state.devices.params,
-      consensus_params=lambda state: base.weighted_average(state.devices.params,
-                                                           problem.data_weights_N))
+  return asynchronous.decentralized(
+      'adpsgd', problem, lambda key: init(problem, key),
+      lambda state, data: asynchronous.run_cycle(tick, state, data, n, config.cycle_s))
 
 
 base.register('adpsgd', sys.modules[__name__])

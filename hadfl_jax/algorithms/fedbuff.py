@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from hadfl_jax import typed_config as tc
+from hadfl_jax.algorithms import asynchronous
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import engine as engine_lib
 from hadfl_jax.core import events
@@ -46,28 +47,16 @@ GRID_KNOBS = ('lr', 'h')
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(tc.Section):
+class Config(asynchronous.EventConfig):
   SECTION = 'fedbuff'
 
   local_steps: int = tc.integer(10, low=1, doc='H, local steps per client round trip')
   buffer_size: int = tc.integer(3, low=1, doc='K, deltas per server update')
   server_lr: float = tc.number(1.0, low=0, low_open=True, doc='eta_g, the server step')
   staleness_exponent: float = tc.number(0.5, low=0, doc='w(s) = (1 + s)^-a; 0: unweighted')
-  window_s: float = tc.number(0.0, low=0, doc='tick width, simulated s; 0: half the '
-                              "fastest device's H-step time")
-  cycle_s: float = tc.number(0.05, low=0, low_open=True,
-                             doc='simulated seconds per reported cycle')
-
-  def window(self, problem: base.Problem) -> float:
-    if self.window_s > 0:
-      return float(self.window_s)
-    return 0.5 * self.local_steps / float(max(problem.profile.speed_N))
 
 
-def apply_grid_point(config: Config, point, context: base.GridContext) -> Config:
-  """The grid's ``h`` is FedBuff's ``local_steps``."""
-  del context
-  return config.replace(local_steps=int(point['h'])) if 'h' in point else config
+apply_grid_point = asynchronous.apply_grid_point
 
 
 @flax.struct.dataclass
@@ -119,26 +108,17 @@ def make(problem: base.Problem, config: Config,
   trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
   n, h, k, m = problem.num_devices, config.local_steps, config.buffer_size, problem.model_bytes
   width = config.window(problem)
-  speed_N = jnp.asarray(problem.profile.speed_N, jnp.float32)
   bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
   link_N = m / bandwidth_N + problem.profile.latency  # One upload or one download.
-  trace = problem.faults.trace(n)
 
   def tick(state: State, data, report: dict) -> tuple[State, dict]:
     clock = state.clock
     due_N = events.due(clock, width)
-    keys = jax.vmap(lambda kk: jax.random.split(kk, 3))(events.event_keys(state.key, clock))
-    k_down, k_fail, k_jitter = (keys[:, i] for i in range(3))
-    down_N = jax.vmap(lambda kk: jax.random.bernoulli(kk, problem.faults.p_drop))(k_down)
-    if len(trace):
-      tr = jnp.asarray(trace)
-      active_D = (tr[:, 1] <= state.cycle) & (state.cycle < tr[:, 2])
-      down_N = down_N | jnp.zeros((n,), bool).at[tr[:, 0]].max(active_D)
-    down_N = jnp.where(due_N, down_N, state.down_N)
+    keys, down_N = asynchronous.event_draws(problem, state, due_N, 2)
+    k_fail, k_jitter = keys[:, 0], keys[:, 1]
     start_N = due_N & (clock.events_N == 0)  # Time 0: every client has the initial model.
     arrive_N = due_N & ~start_N & ~down_N
-    failed_N = jax.vmap(lambda kk: jax.random.bernoulli(kk, problem.faults.p_sync_fail))(k_fail)
-    upload_N = arrive_N & ~failed_N
+    upload_N = arrive_N & ~asynchronous.failures(problem, k_fail)
 
     # The server buffers the arriving deltas, weighted by staleness, and updates once
     # K are buffered.
@@ -164,20 +144,14 @@ def make(problem: base.Problem, config: Config,
     delta = jax.tree.map(lambda new, old, d: jnp.where(
         pull_N.reshape((n,) + (1,) * (old.ndim - 1)), new - old, d),
         trained.params, params, state.delta)
-    true_speed_N = speed_N
-    if problem.profile.jitter_sigma > 0:
-      z_N = jax.vmap(lambda kk: jax.random.normal(kk))(k_jitter)
-      true_speed_N = speed_N * jnp.exp(problem.profile.jitter_sigma * z_N)
+    true_speed_N = asynchronous.true_speeds(problem, k_jitter)
     busy_N = h / true_speed_N
     duration_N = jnp.where(start_N, busy_N + link_N,  # Compute, upload.
                            jnp.where(arrive_N, 2 * link_N + busy_N, busy_N))  # (Down: retry.)
     sent_N = jnp.where(upload_N, m, 0.0)
-    report = dict(bytes_N=report['bytes_N'] + sent_N,
-                  server_bytes=report['server_bytes'] + m * (jnp.sum(upload_N)
-                                                             + jnp.sum(arrive_N)),
-                  budgets_N=report['budgets_N'] + budgets_N,
-                  loss_sum_N=report['loss_sum_N'] + loss_N * budgets_N,
-                  synced_N=report['synced_N'] | upload_N, up_N=~down_N)
+    report = asynchronous.add_to_report(
+        report, sent_N=sent_N, budgets_N=budgets_N, loss_N=loss_N, synced_N=upload_N,
+        down_N=down_N, server_bytes=m * (jnp.sum(upload_N) + jnp.sum(arrive_N)))
     state = state.replace(
         devices=trained, delta=delta,
         pulled_N=jnp.where(pull_N, version, state.pulled_N), server=server, version=version,
@@ -185,22 +159,9 @@ def make(problem: base.Problem, config: Config,
         clock=events.fire(clock, due_N, duration_N))
     return state, report
 
-  def cycle(state: State, data) -> tuple[State, base.CycleInfo]:
-    start = events.now(state.clock)
-    report = dict(bytes_N=jnp.zeros((n,), jnp.float32), server_bytes=jnp.zeros((), jnp.float32),
-                  budgets_N=jnp.zeros((n,), jnp.int32), loss_sum_N=jnp.zeros((n,), jnp.float32),
-                  synced_N=jnp.zeros((n,), bool), up_N=jnp.ones((n,), bool))
-    state, report = jax.lax.while_loop(
-        lambda carry: events.now(carry[0].clock) < start + config.cycle_s,
-        lambda carry: tick(carry[0], data, carry[1]), (state, report))
-    loss_N = report['loss_sum_N'] / jnp.maximum(report['budgets_N'], 1)
-    info = base.CycleInfo.make(events.now(state.clock) - start, report['bytes_N'],
-                               report['budgets_N'], loss_N, report['up_N'],
-                               report['synced_N'], server_bytes=report['server_bytes'])
-    return state.replace(cycle=state.cycle + 1), info
-
   return base.Algorithm(
-      name='fedbuff', init=lambda key: init(problem, key), cycle=cycle,
+      name='fedbuff', init=lambda key: init(problem, key),
+      cycle=lambda state, data: asynchronous.run_cycle(tick, state, data, n, config.cycle_s),
       device_params=lambda state: state.devices.params,
       consensus_params=lambda state: state.server)
 

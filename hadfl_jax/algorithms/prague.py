@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from hadfl_jax import typed_config as tc
+from hadfl_jax.algorithms import asynchronous
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import clock as clock_lib
 from hadfl_jax.core import engine as engine_lib
@@ -40,32 +41,19 @@ GRID_KNOBS = ('lr', 'h')
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(tc.Section):
+class Config(asynchronous.EventConfig):
   SECTION = 'prague'
 
   local_steps: int = tc.integer(10, low=1, doc='H, local steps between partial all-reduces')
   group_size: int = tc.integer(3, low=2, doc='G, devices per partial all-reduce')
-  window_s: float = tc.number(0.0, low=0, doc='tick width, simulated s; 0: half the '
-                              "fastest device's H-step time")
-  cycle_s: float = tc.number(0.05, low=0, low_open=True,
-                             doc='simulated seconds per reported cycle')
 
   def check_devices(self, num_devices: int, prefix: str) -> None:
     if self.group_size > num_devices:
       tc.fail(prefix + 'group_size', self.group_size,
               f'must be at most num_devices={num_devices} (a group of G devices)')
 
-  def window(self, problem: base.Problem) -> float:
-    """The tick width: ``window_s``, or half the fastest device's compute time."""
-    if self.window_s > 0:
-      return float(self.window_s)
-    return 0.5 * self.local_steps / float(max(problem.profile.speed_N))
 
-
-def apply_grid_point(config: Config, point, context: base.GridContext) -> Config:
-  """The grid's ``h`` is Prague's ``local_steps``."""
-  del context
-  return config.replace(local_steps=int(point['h'])) if 'h' in point else config
+apply_grid_point = asynchronous.apply_grid_point
 
 
 @flax.struct.dataclass
@@ -132,22 +120,14 @@ def make(problem: base.Problem, config: Config,
   trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
   n, h, g, m = problem.num_devices, config.local_steps, config.group_size, problem.model_bytes
   width = config.window(problem)
-  speed_N = jnp.asarray(problem.profile.speed_N, jnp.float32)
   bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
-  trace = problem.faults.trace(n)
 
   def tick(state: State, data, report: dict) -> tuple[State, dict]:
     clock = state.clock
     due_N = events.due(clock, width)
     t_N = clock.next_N
-    keys = jax.vmap(lambda k: jax.random.split(k, 3))(events.event_keys(state.key, clock))
-    k_down, k_fail, k_jitter = (keys[:, i] for i in range(3))
-    down_N = jax.vmap(lambda k: jax.random.bernoulli(k, problem.faults.p_drop))(k_down)
-    if len(trace):
-      tr = jnp.asarray(trace)
-      active_D = (tr[:, 1] <= state.cycle) & (state.cycle < tr[:, 2])
-      down_N = down_N | jnp.zeros((n,), bool).at[tr[:, 0]].max(active_D)
-    down_N = jnp.where(due_N, down_N, state.down_N)
+    keys, down_N = asynchronous.event_draws(problem, state, due_N, 2)
+    k_fail, k_jitter = keys[:, 0], keys[:, 1]
     start_N = due_N & (clock.events_N == 0)  # Time 0: every device starts its steps.
     arrive_N = due_N & ~start_N & ~down_N
     ready_N = state.ready_N | arrive_N
@@ -156,8 +136,8 @@ def make(problem: base.Problem, config: Config,
     # The group generator, then each group's ring all-reduce among its survivors.
     cols_NxG, member_N = groups(jax.random.fold_in(state.key, state.formations), ready_N, g)
     formed = jnp.any(member_N)
-    fail_N = jax.vmap(lambda k: jax.random.bernoulli(k, problem.faults.p_sync_fail))(
-        jax.vmap(lambda i: jax.random.fold_in(k_fail[i], state.formations))(jnp.arange(n)))
+    fail_N = asynchronous.failures(problem, jax.vmap(
+        lambda k: jax.random.fold_in(k, state.formations))(k_fail))
     survive_N = member_N & ~fail_N
     alive_NxG = survive_N[cols_NxG]
     count_N = jnp.sum(alive_NxG, axis=1)
@@ -178,10 +158,7 @@ def make(problem: base.Problem, config: Config,
     compute_N = start_N | member_N
     budgets_N = jnp.where(compute_N, h, 0).astype(jnp.int32)
     devices, loss_N = trainer(devices, data, budgets_N)
-    true_speed_N = speed_N
-    if problem.profile.jitter_sigma > 0:
-      z_N = jax.vmap(lambda k: jax.random.normal(k))(k_jitter)
-      true_speed_N = speed_N * jnp.exp(problem.profile.jitter_sigma * z_N)
+    true_speed_N = asynchronous.true_speeds(problem, k_jitter)
     busy_N = h / true_speed_N
     next_N = jnp.where(start_N, t_N + busy_N, clock.next_N)
     next_N = jnp.where(due_N & ~start_N & down_N, t_N + busy_N, next_N)  # Retry later.
@@ -189,34 +166,16 @@ def make(problem: base.Problem, config: Config,
     next_N = jnp.where(member_N, t_form_N + t_sync_N + busy_N, next_N)  # ... and goes on.
     new_clock = events.Clock(next_N=next_N, events_N=clock.events_N + due_N.astype(jnp.int32))
     sent_N = jnp.where(averages_N, clock_lib.ring_allreduce_bytes_per_peer(count_N, m), 0.0)
-    report = dict(bytes_N=report['bytes_N'] + sent_N,
-                  budgets_N=report['budgets_N'] + budgets_N,
-                  loss_sum_N=report['loss_sum_N'] + loss_N * budgets_N,
-                  synced_N=report['synced_N'] | averages_N, up_N=~down_N)
+    report = asynchronous.add_to_report(report, sent_N=sent_N, budgets_N=budgets_N,
+                                        loss_N=loss_N, synced_N=averages_N, down_N=down_N)
     state = state.replace(devices=devices, ready_N=ready_N & ~member_N, ready_at_N=ready_at_N,
                           down_N=down_N, clock=new_clock,
                           formations=state.formations + formed.astype(jnp.int32))
     return state, report
 
-  def cycle(state: State, data) -> tuple[State, base.CycleInfo]:
-    start = events.now(state.clock)
-    report = dict(bytes_N=jnp.zeros((n,), jnp.float32), budgets_N=jnp.zeros((n,), jnp.int32),
-                  loss_sum_N=jnp.zeros((n,), jnp.float32), synced_N=jnp.zeros((n,), bool),
-                  up_N=jnp.ones((n,), bool))
-    state, report = jax.lax.while_loop(
-        lambda carry: events.now(carry[0].clock) < start + config.cycle_s,
-        lambda carry: tick(carry[0], data, carry[1]), (state, report))
-    loss_N = report['loss_sum_N'] / jnp.maximum(report['budgets_N'], 1)
-    info = base.CycleInfo.make(events.now(state.clock) - start, report['bytes_N'],
-                               report['budgets_N'], loss_N, report['up_N'],
-                               report['synced_N'])
-    return state.replace(cycle=state.cycle + 1), info
-
-  return base.Algorithm(
-      name='prague', init=lambda key: init(problem, key), cycle=cycle,
-      device_params=lambda state: state.devices.params,
-      consensus_params=lambda state: base.weighted_average(state.devices.params,
-                                                           problem.data_weights_N))
+  return asynchronous.decentralized(
+      'prague', problem, lambda key: init(problem, key),
+      lambda state, data: asynchronous.run_cycle(tick, state, data, n, config.cycle_s))
 
 
 base.register('prague', sys.modules[__name__])

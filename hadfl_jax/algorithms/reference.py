@@ -196,6 +196,21 @@ def reference_cycle(problem: base.Problem, opts: hadfl_lib.Config, state: hadfl_
   return new_state, info
 
 
+def _event_draws(problem: base.Problem, key, device: int, events_so_far: int, cycle: int,
+                 num_keys: int):
+  """One event's draws, as :mod:`hadfl_jax.algorithms.asynchronous` makes them:
+  ``(down, true_speed, keys)`` (the last of the ``num_keys`` keys is the jitter's)."""
+  k_down, *keys = jax.random.split(
+      jax.random.fold_in(jax.random.fold_in(key, device), events_so_far), num_keys + 1)
+  faults, profile = problem.faults, problem.profile
+  down = faults.p_drop > 0 and bool(jax.random.bernoulli(k_down, faults.p_drop))
+  down = down or any(d == device and a <= cycle < b for d, a, b in faults.down_trace)
+  speed = float(np.float32(profile.speed_N[device]))
+  if profile.jitter_sigma > 0:
+    speed *= math.exp(profile.jitter_sigma * float(jax.random.normal(keys[-1])))
+  return down, speed, keys
+
+
 def reference_adpsgd(problem: base.Problem, config, state, data, until_s: float):
   """AD-PSGD as a plain event loop: pops one event at a time (earliest first, ties by
   device index) until every pending event is at or after ``until_s``.
@@ -230,13 +245,8 @@ def reference_adpsgd(problem: base.Problem, config, state, data, until_s: float)
 
   while min(next_t) < until_s:
     i = min(range(n), key=lambda d: (next_t[d], d))
-    k_down, k_partner, k_fail, k_jitter = jax.random.split(
-        jax.random.fold_in(jax.random.fold_in(state.key, i), events_n[i]), 4)
-    down[i] = faults.p_drop > 0 and bool(jax.random.bernoulli(k_down, faults.p_drop))
-    down[i] = down[i] or any(d == i and a <= cycle < b for d, a, b in faults.down_trace)
-    speed = float(np.float32(profile.speed_N[i]))
-    if profile.jitter_sigma > 0:
-      speed *= math.exp(profile.jitter_sigma * float(jax.random.normal(k_jitter)))
+    down[i], speed, (k_partner, k_fail, _) = _event_draws(problem, state.key, i, events_n[i],
+                                                          cycle, 3)
     duration = h / speed
     if not down[i]:
       if pending[i]:
@@ -303,14 +313,11 @@ def reference_prague(problem: base.Problem, config, state, data, until_s: float)
   formations, cycle = int(state.formations), int(state.cycle)
   sent = [0.0] * n
 
-  def keys(i):
-    return jax.random.split(jax.random.fold_in(jax.random.fold_in(state.key, i), events_n[i]), 3)
+  def draws(i):
+    return _event_draws(problem, state.key, i, events_n[i], cycle, 2)
 
   def busy(i):
-    speed = float(np.float32(profile.speed_N[i]))
-    if profile.jitter_sigma > 0:
-      speed *= math.exp(profile.jitter_sigma * float(jax.random.normal(keys(i)[2])))
-    return h / speed
+    return h / draws(i)[1]
 
   def train(i):
     for _ in range(h):
@@ -321,9 +328,7 @@ def reference_prague(problem: base.Problem, config, state, data, until_s: float)
   while min(next_t) < until_s:
     i = min(range(n), key=lambda d: (next_t[d], d))
     t = next_t[i]
-    k_down = keys(i)[0]
-    down[i] = faults.p_drop > 0 and bool(jax.random.bernoulli(k_down, faults.p_drop))
-    down[i] = down[i] or any(d == i and a <= cycle < b for d, a, b in faults.down_trace)
+    down[i] = draws(i)[0]
     new_next = {}
     if events_n[i] == 0:  # Time 0: start the first H steps.
       train(i)
@@ -339,7 +344,7 @@ def reference_prague(problem: base.Problem, config, state, data, until_s: float)
       for first in range(0, sum(ready) // g * g, g):
         members = order[first:first + g]
         fails = {d: faults.p_sync_fail > 0 and bool(jax.random.bernoulli(
-            jax.random.fold_in(keys(d)[1], formations), faults.p_sync_fail)) for d in members}
+            jax.random.fold_in(draws(d)[2][0], formations), faults.p_sync_fail)) for d in members}
         alive = [d for d in members if not fails[d]]
         t_form = max(ready_at[d] for d in members)
         t_sync = 0.0
@@ -401,13 +406,7 @@ def reference_fedbuff(problem: base.Problem, config, state, data, until_s: float
 
   while min(next_t) < until_s:
     i = min(range(n), key=lambda d: (next_t[d], d))
-    k_down, k_fail, k_jitter = jax.random.split(
-        jax.random.fold_in(jax.random.fold_in(state.key, i), events_n[i]), 3)
-    down[i] = faults.p_drop > 0 and bool(jax.random.bernoulli(k_down, faults.p_drop))
-    down[i] = down[i] or any(d == i and a <= cycle < b for d, a, b in faults.down_trace)
-    speed = float(np.float32(profile.speed_N[i]))
-    if profile.jitter_sigma > 0:
-      speed *= math.exp(profile.jitter_sigma * float(jax.random.normal(k_jitter)))
+    down[i], speed, (k_fail, _) = _event_draws(problem, state.key, i, events_n[i], cycle, 2)
     start = events_n[i] == 0
     if start:
       duration = h / speed + link[i]
