@@ -144,7 +144,7 @@ def make(problem: base.Problem, config: Config,
     go_N = go_N & ~asynchronous.failures(problem, k_fail)
 
     # 3. The atomic exchanges (disjoint pairs), then 4. the pending updates.
-    devices, _ = engine_lib.mix_devices(state.devices, pair_mixing(go_N, partner_N),
+    devices, mates_N = engine_lib.mix_devices(state.devices, pair_mixing(go_N, partner_N),
                                         opt_state_rule='keep', optimizer=problem.optimizer)
     apply_N = fired_N & ~down_N & state.pending_N
     devices = devices.replace(
@@ -167,9 +167,8 @@ def make(problem: base.Problem, config: Config,
     duration_N = exchange_N + h / true_speed_N
     sent_N = jnp.where(go_N, m, 0.0)
     sent_N = sent_N.at[jnp.where(go_N, partner_N, n)].add(m, mode='drop')
-    mates = pair_mixing(go_N, partner_N).cols_NxD[:, 1] != jnp.arange(n)
     report = asynchronous.add_to_report(report, sent_N=sent_N, budgets_N=budgets_N,
-                                        loss_N=loss_N, synced_N=mates, down_N=down_N)
+                                        loss_N=loss_N, synced_N=mates_N, down_N=down_N)
     state = state.replace(devices=devices, delta=delta,
                           pending_N=jnp.where(compute_N, True, state.pending_N),
                           down_N=down_N, clock=events.fire(clock, fired_N, duration_N))
