@@ -10,7 +10,6 @@ whose cores other processes keep busy it measures the work done, not the waiting
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 import statistics
 import time
@@ -23,6 +22,7 @@ import numpy as np
 import optax
 
 from hadfl_jax import data as data_lib
+from hadfl_jax import machine
 from hadfl_jax import models as models_lib
 from hadfl_jax.algorithms import base
 from hadfl_jax.algorithms import hadfl
@@ -203,30 +203,6 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
   return np.stack(rows)
 
 
-VECTOR_FLAGS = ('sse4_2', 'avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl',
-                'avx512_vnni', 'avx512_bf16', 'amx_tile', 'neon', 'asimd', 'sve')
-
-
-def cpu_model_and_vector_extensions() -> tuple[str, list[str]]:
-  """The CPU's model name and the vector extensions it has (from ``/proc/cpuinfo``;
-  figures taken on AVX2-only and AVX-512 machines differ several-fold)."""
-  model, flags = '', set()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        key = key.strip().lower()
-        if key in ('model name', 'cpu model') and not model:
-          model = value.strip()
-        elif key in ('flags', 'features') and not flags:
-          flags = set(value.split())
-  except OSError:
-    pass
-  return model or 'unknown', [f for f in VECTOR_FLAGS if f in flags]
-
-
 def cpu_info() -> dict[str, Any]:
-  model, vector = cpu_model_and_vector_extensions()
-  return dict(jax_version=jax.__version__, backend=jax.default_backend(),
-              device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
-              cpu_count=os.cpu_count(), cpu_model=model, vector_extensions=vector)
+  """The machine a benchmark ran on (:func:`hadfl_jax.machine.describe`)."""
+  return machine.describe()

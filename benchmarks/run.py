@@ -91,7 +91,8 @@ def to_markdown(results: dict[str, Any]) -> str:
   lines = [f"# Benchmarks ({'quick' if meta['quick'] else 'full'} run)", '',
            f"{meta['date']}; JAX {meta['device']['jax_version']} on "
            f"{meta['device']['backend']} ({meta['device']['device_kind']}), "
-           f"{meta['device']['cpu_count']} cores; load average at start / end "
+           f"{meta['device']['cpu_count']} cores, {meta['device'].get('cpu_model', 'CPU unknown')} "
+           f"(vector extensions: {', '.join(meta['device'].get('vector_extensions', [])) or 'none found'}); load average at start / end "
            f"{meta['load_start']:.1f} / {meta['load_end']:.1f}; "
            f"{meta['seconds']:.0f} s. Command: `{meta['command']}`.", '']
   for name, (module, title) in SECTIONS.items():

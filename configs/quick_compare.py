@@ -1,8 +1,9 @@
 r"""Quick comparison (docs/spec.md, "Scenarios", quick): every algorithm on the UCI digits.
 
-A few seconds of CPU: the quick scenario of ``configs/default.py`` with a one-point grid,
-runs stopped at the 90% target or after 20 simulated seconds. The test suite and the
-notebook ``colabs/compare_quick.ipynb`` run it.
+The quick scenario of ``configs/default.py`` with a one-point grid, every algorithm on the
+five seeds of ``compare.seeds`` (a few minutes of CPU), runs stopped at the 90% target or
+after 20 simulated seconds. The test suite (on one seed) and the notebook
+``colabs/compare_quick.ipynb`` run it.
 
   python -m hadfl_jax.compare --config configs/quick_compare.py --workdir /tmp/compare_quick
 """

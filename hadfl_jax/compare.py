@@ -1,27 +1,34 @@
 r"""Time-to-accuracy comparison of HADFL and its baselines on one scenario.
 
-``docs/spec.md``, "Baselines" and "Evaluation". One command runs several algorithms on the
-same data partition, model initialisation, seed, device profile and evaluation::
+``docs/spec.md``, "Baselines" and "Evaluation". One command runs several algorithms, each
+on every seed of ``compare.seeds`` (a seed fixes the data partition, the model
+initialisation, the device profile and every random draw; the algorithms of one seed share
+them), with the same evaluation::
 
   python -m hadfl_jax.compare --config configs/paper_mnist.py --workdir DIR
 
 and writes into ``DIR``:
 
-* ``results.json``: per algorithm the time to target accuracy (simulated seconds), the
-  final consensus accuracy, bytes through the busiest link, the chosen hyperparameters,
-  every grid point, and HADFL's speedup over each baseline;
-* ``report.md``: the same as tables;
-* ``accuracy_vs_time.png`` and ``accuracy_vs_bytes.png``;
+* ``results.json``: per algorithm the time to target accuracy (simulated seconds) as a
+  mean over seeds with its 95% confidence interval and the number of seeds that reached
+  it, the final consensus accuracy, bytes through the busiest link, every seed's values,
+  the chosen hyperparameters, every grid point, HADFL's speedup over each baseline (the
+  mean of per-seed paired ratios, with its CI: :mod:`hadfl_jax.comparison.stats`), and the
+  machine (backend, device kind, CPU model and vector extensions, library versions);
+* ``report.md``: the same as tables, one column per seed too;
+* ``accuracy_vs_time.png`` and ``accuracy_vs_bytes.png``: mean curves with 95% bands;
 * with ``--config.compare.sweep=True``: ``sweep.json`` and ``sweep_speedup.png``, HADFL's
   speedup over each baseline against the fastest/slowest speed ratio;
 * with ``--config.compare.ablation=True``: ``ablation.json`` and ``ablation.md``.
 
 **Tuning.** Every algorithm takes its learning rate from ``compare.learning_rates`` and,
-where it has one, its H from ``compare.local_steps`` (the local steps of dfedavg,
-fedavg and dpsgd; HADFL's fastest device runs H steps per cycle, i.e. ``t_local = H *
-profile.seconds_per_step``; DDP has none). The winner is the grid point with the
-smallest time to target; points that never reach it rank after all that do, by their
-final accuracy.
+where it has one, its H from ``compare.local_steps`` (local steps of the baselines;
+HADFL's fastest device runs H steps per cycle, i.e. ``t_local = H *
+profile.seconds_per_step``; DDP has none); ``compare.options`` adds dimensions of an
+algorithm's own options (``'prague.group_size=2,3,4;fedbuff.server_lr=0.5,1'``). Every
+point runs on every seed, and the winner is chosen by the mean over the seeds, never by
+the best seed: fewest seeds that missed the target, then the smallest mean time to target,
+then the highest mean final accuracy.
 
 **Fair evaluation.** How finely time to accuracy is resolved depends on how often a run
 is evaluated in *simulated* time, so every run uses the same schedule in simulated
@@ -40,8 +47,11 @@ models only exist at round boundaries).
 does not reach the target within the cap gets a speedup reported as a lower bound
 (``>=``). Final accuracy is the accuracy at the end of the run.
 
-The data, test set and evaluator are built once per scenario and shared by every run
-(the evaluator's jitted functions compile once); each grid point jits its own cycle.
+Each seed's data, partition and profile are built once and shared by every run of that
+seed; the test set and evaluator are shared by all (the evaluator's jitted functions
+compile once); each grid point jits its own cycle. Runs go seed by seed, so a comparison
+cut short holds complete seeds; every run is cached in ``runs/<algorithm>_<point>/seed<s>``
+and reused when the comparison is run again.
 """
 
 from __future__ import annotations
@@ -50,7 +60,7 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -62,9 +72,11 @@ from hadfl_jax import algorithms
 from hadfl_jax import config_files
 from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
+from hadfl_jax import machine
 from hadfl_jax import train
 from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
+from hadfl_jax.comparison import stats
 from hadfl_jax.comparison.grid import apply_point
 from hadfl_jax.comparison.grid import eval_interval
 from hadfl_jax.comparison.grid import grid_points
@@ -82,82 +94,130 @@ from hadfl_jax.comparison.report import sweep_table
 from hadfl_jax.comparison.runs import load_run
 from hadfl_jax.comparison.runs import RunCounter
 from hadfl_jax.comparison.runs import RunRecord
-from hadfl_jax.comparison.runs import Tuned
+from hadfl_jax.comparison.runs import PointRuns
+from hadfl_jax.comparison.runs import run_dir
 from hadfl_jax.comparison.runs import run_point
+from hadfl_jax.comparison.runs import SeedSetups
+from hadfl_jax.comparison.runs import seeded
+from hadfl_jax.comparison.runs import Tuned
 from hadfl_jax.comparison.runs import write_json
 from hadfl_jax.core import profiles
 
 __all__ = ['ABLATION', 'ablation', 'ablation_over_seeds', 'apply_point', 'compare',
            'eval_interval', 'grid_points', 'heterogeneity_sweep', 'parse_extra_local_steps',
-           'point_tag', 'rank_key', 'run_point', 'RunRecord', 'speedup', 'summarise', 'Tuned',
-           'tune']
+           'point_tag', 'PointRuns', 'rank_key', 'run_point', 'RunRecord', 'SeedSetups',
+           'speedup', 'summarise', 'Tuned', 'tune']
 
 
 def print_line(msg: str) -> None:
   print(msg, flush=True)
 
 
-def tune(config, setup, evaluator, workdir: str, names: Sequence[str],
+def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
          points_of=None, log=print_line, verbose: bool = False) -> dict[str, Tuned]:
-  """Runs every algorithm's grid; returns per algorithm its winner and all points.
+  """Runs every algorithm's grid on every seed; returns per algorithm its winner and all
+  points.
 
-  ``log`` gets a line per run (``None``: silent); ``verbose`` also prints every run's
-  own per-evaluation lines.
+  Seed by seed (so that every algorithm's runs of one seed complete together), each grid
+  point runs in ``runs/<algorithm>_<point>/seed<s>`` (cached). A point's result is its
+  runs on all of ``compare.seeds``; the winner is the best by the mean over the seeds
+  (:func:`rank_key`). With ``compare.cached_only``, a point some seed of which never ran
+  is listed as not run.
+
+  Args:
+    setups: seed -> the seed's :class:`~hadfl_jax.train.Setup` (:class:`SeedSetups`).
+    log: gets a line per run (``None``: silent); ``verbose`` also prints every run's own
+      per-evaluation lines.
   """
+  seeds = tuple(config.compare.seeds)
   points = {name: (points_of or (lambda n: grid_points(config, n)))(name) for name in names}
-  counter = RunCounter(sum(len(p) for p in points.values()), log)
+  counter = RunCounter(sum(len(p) for p in points.values()) * len(seeds), log)
+  found: dict[tuple[str, str], dict[int, RunRecord]] = {}
+  for seed in seeds:
+    setup = None
+    for name in names:
+      for point in points[name]:
+        tag = point_tag(point)
+        where = run_dir(workdir, name, tag, seed)
+        label = f'{name} {tag} seed {seed}'
+        if config.compare.get('cached_only'):
+          setup = setup or setups(seed)
+          cfg = apply_point(seeded(config, seed), name, point, setup.problem)
+          rec = load_run(cfg, where)
+          counter(label, rec and dataclasses.replace(rec, cached=True))
+          if rec is None:
+            continue
+        else:
+          setup = setup or setups(seed)
+          cfg = apply_point(seeded(config, seed), name, point, setup.problem)
+          rec = run_point(cfg, setup, evaluator, where, verbose)
+          counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
+                  f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
+        found.setdefault((name, tag), {})[seed] = rec.at(point)
   out = {}
   for name in names:
-    records, skipped = [], []
+    complete, skipped = [], []
     for point in points[name]:
-      cfg = apply_point(config, name, point, setup.problem)
-      run_dir = os.path.join(workdir, 'runs', f'{name}_{point_tag(point)}')
-      label = f'{name} {point_tag(point)}'
-      if config.compare.get('cached_only') and load_run(cfg, run_dir) is None:
-        skipped.append(point)  # Not run (CPU time); the report lists it.
-        counter(label, None)
-        continue
-      rec = run_point(cfg, setup, evaluator, run_dir, verbose).at(point)
-      records.append(rec)
-      counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
-              f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
-    if not records:
-      continue
-    best = min(records, key=rank_key)
-    out[name] = Tuned(best=best, grid=tuple(records), skipped=tuple(skipped))
+      recs = found.get((name, point_tag(point)), {})
+      if len(recs) == len(seeds):
+        complete.append(PointRuns(point=point, seeds=seeds,
+                                  records=tuple(recs[s] for s in seeds)))
+      else:
+        skipped.append(dict(point, missing_seeds=[s for s in seeds if s not in recs]))
+    if complete:
+      out[name] = Tuned(best=min(complete, key=rank_key), grid=tuple(complete),
+                        skipped=tuple(skipped))
   return out
 
 
-def heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log=print_line,
+def _profile_setup(setup, config):
+  """``setup`` with the device profile of ``config`` (the data, partition and model stay)."""
+  return dataclasses.replace(setup, problem=dataclasses.replace(
+      setup.problem, profile=profiles.make_profile(config.profile, config.num_devices,
+                                                   config.seed)))
+
+
+def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_line,
                         verbose: bool = False) -> dict:
-  """HADFL's speedup over each baseline for speed ratios ``compare.sweep_ratios``.
+  """HADFL's speedup over each baseline for speed ratios ``compare.sweep_ratios``, on
+  every seed.
 
   Profiles are geometric from 1 to r over the N devices; every algorithm runs with the
-  hyperparameters that won the main comparison (not re-tuned per ratio).
+  hyperparameters that won the main comparison (not re-tuned per ratio). Each row gives
+  per algorithm the time to target over seeds and HADFL's paired speedup.
   """
+  seeds = tuple(config.compare.seeds)
+  counter = RunCounter(len(config.compare.sweep_ratios) * len(tuned) * len(seeds), log)
+  found: dict[tuple[float, str], list[RunRecord]] = {}
+  for seed in seeds:
+    for ratio in config.compare.sweep_ratios:
+      cfg = seeded(config, seed)
+      cfg.profile.kind = 'geometric'
+      cfg.profile.ratio = float(ratio)
+      setup = _profile_setup(setups(seed), cfg)
+      for name, t in tuned.items():
+        c = apply_point(cfg, name, t.best.point, setup.problem)
+        rec = run_point(c, setup, evaluator,
+                        os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}', f'seed{seed}'),
+                        verbose)
+        found.setdefault((float(ratio), name), []).append(rec)
+        counter(f'sweep r={ratio:g} {name} seed {seed}', rec,
+                f'TTA {fmt_tta(rec.time_to_target_s)}')
   rows = []
-  counter = RunCounter(len(config.compare.sweep_ratios) * len(tuned), log)
   for ratio in config.compare.sweep_ratios:
-    cfg = copy.deepcopy(config)
-    cfg.profile.kind = 'geometric'
-    cfg.profile.ratio = float(ratio)
-    setup = setup_fn(cfg)
-    recs = {}
-    for name, t in tuned.items():
-      point = t.best.point
-      c = apply_point(cfg, name, point, setup.problem)
-      recs[name] = run_point(c, setup, evaluator,
-                             os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}'), verbose)
-      counter(f'sweep r={ratio:g} {name}', recs[name],
-              f'TTA {fmt_tta(recs[name].time_to_target_s)}')
+    runs = {name: PointRuns(point=t.best.point, seeds=seeds,
+                            records=tuple(found[(float(ratio), name)]))
+            for name, t in tuned.items()}
     row = {'ratio': float(ratio),
-           'time_to_target_s': {n: r.time_to_target_s for n, r in recs.items()},
-           'final_consensus_accuracy': {n: r.final_consensus_accuracy for n, r in recs.items()}}
-    if 'hadfl' in recs:
-      row['hadfl_speedup'] = {n: speedup(recs['hadfl'], r) for n, r in recs.items()
-                              if n != 'hadfl'}
+           'time_to_target_s': {n: r.time_to_target() for n, r in runs.items()},
+           'final_consensus_accuracy': {n: r.mean('final_consensus_accuracy')
+                                        for n, r in runs.items()}}
+    if 'hadfl' in runs:
+      row['hadfl_speedup'] = {n: stats.paired_speedup(runs['hadfl'].ttas, r.ttas,
+                                                      r.run_lengths)
+                              for n, r in runs.items() if n != 'hadfl'}
     rows.append(row)
-    write_json(os.path.join(workdir, 'sweep.json'), rows)
+  write_json(os.path.join(workdir, 'sweep.json'), rows)
   plot_sweep(rows, workdir)
   return {'rows': rows}
 
@@ -169,36 +229,52 @@ ABLATION = (
 )
 
 
-def ablation(config, setup, evaluator, base_point: dict, workdir: str, log=print_line,
+def ablation(config, setups, evaluator, base_point: dict, workdir: str, log=print_line,
              verbose: bool = False) -> dict:
-  """HADFL's open choices, one factor at a time around ``base_point`` and the defaults."""
+  """HADFL's open choices, one factor at a time around ``base_point`` and the defaults,
+  on every seed."""
+  seeds = tuple(config.compare.seeds)
+  counter = RunCounter(sum(len(values) for _, values in ABLATION) * len(seeds), log)
+  found: dict[tuple[str, Any], list[RunRecord]] = {}
+  for seed in seeds:
+    setup = setups(seed)
+    done = {}
+    for field, values in ABLATION:
+      for v in values:
+        point = dict(base_point, **{field: v})
+        cfg = apply_point(seeded(config, seed), 'hadfl', point, setup.problem)
+        key = (cfg.hadfl.selection, cfg.hadfl.weights, cfg.hadfl.rho)
+        repeated = key in done  # The same run as an earlier value's (e.g. the default).
+        if not repeated:
+          done[key] = run_point(cfg, setup, evaluator, os.path.join(
+              workdir, 'ablation', point_tag(point), f'seed{seed}'), verbose)
+        rec = done[key]
+        found.setdefault((field, v), []).append(rec)
+        counter(f'ablation {field}={v} seed {seed}',
+                dataclasses.replace(rec, cached=rec.cached or repeated),
+                f'TTA {fmt_tta(rec.time_to_target_s)}  final {rec.final_consensus_accuracy:.4f}')
   rows = []
-  done = {}
-  counter = RunCounter(sum(len(values) for _, values in ABLATION), log)
   for field, values in ABLATION:
     for v in values:
-      point = dict(base_point, **{field: v})
-      cfg = apply_point(config, 'hadfl', point, setup.problem)
-      key = (cfg.hadfl.selection, cfg.hadfl.weights, cfg.hadfl.rho)
-      repeated = key in done  # The same run as an earlier value's (e.g. the default).
-      if not repeated:
-        done[key] = run_point(cfg, setup, evaluator,
-                              os.path.join(workdir, 'ablation', point_tag(point)), verbose)
-      rec = done[key]
-      rows.append({'field': field, 'value': v, 'time_to_target_s': rec.time_to_target_s,
-                   'final_consensus_accuracy': rec.final_consensus_accuracy,
-                   'sim_time_s': rec.sim_time_s})
-      counter(f'ablation {field}={v}', dataclasses.replace(rec, cached=rec.cached or repeated),
-              f'TTA {fmt_tta(rec.time_to_target_s)}  final {rec.final_consensus_accuracy:.4f}')
+      runs = PointRuns(point=dict(base_point, **{field: v}), seeds=seeds,
+                       records=tuple(found[(field, v)]))
+      rows.append({'field': field, 'value': v, 'time_to_target_s': runs.time_to_target(),
+                   'final_consensus_accuracy': runs.mean('final_consensus_accuracy')})
   write_json(os.path.join(workdir, 'ablation.json'), rows)
   lines = ['# HADFL ablation', '',
            f'One factor at a time around the defaults (selection={config.hadfl.selection}, '
            f'weights={config.hadfl.weights}, rho={config.hadfl.rho}) at lr={base_point["lr"]}, '
-           f'H={base_point.get("h")}; target {config.target_accuracy:.0%}.', '',
-           '| option | value | time to target (sim s) | final acc |', '|---|---|---|---|']
+           f'H={base_point.get("h")}; target {config.target_accuracy:.0%}; seeds '
+           f'{", ".join(map(str, seeds))}. Mean ± 95% CI half width over the seeds (">=": some '
+           'seed missed the target and counts as its run length).', '',
+           '| option | value | time to target (sim s) | reached | per seed | final acc |',
+           '|---|---|---|---|---|---|']
   for r in rows:
-    lines.append(f'| {r["field"]} | {r["value"]} | {fmt_tta(r["time_to_target_s"])} | '
-                 f'{r["final_consensus_accuracy"]:.4f} |')
+    tta = r['time_to_target_s']
+    lines.append(f'| {r["field"]} | {r["value"]} | {stats.fmt_estimate(tta)} | '
+                 f'{tta["reached"]}/{tta["n"]} | '
+                 f'{", ".join(fmt_tta(t) for t in tta["per_seed"])} | '
+                 f'{stats.fmt_estimate(r["final_consensus_accuracy"], 4)} |')
   with open(os.path.join(workdir, 'ablation.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   return {'rows': rows}
@@ -231,16 +307,20 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=print_line,
 
 def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> dict:
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-  setup = train.build_setup(config)
+  seeds = tuple(config.compare.seeds)
+  setups = SeedSetups(config)
+  setup = setups(seeds[0])
+  # The test set and model are the same for every seed: one evaluator (compiled once).
   evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
                                    config.eval_batch_size, config.device_eval_examples,
                                    task=setup.problem.task)
   wall = time.perf_counter()
-  tuned = tune(config, setup, evaluator, workdir, names, log=log, verbose=verbose)
-  results = {'algorithms': summarise(tuned), 'target_accuracy': config.target_accuracy,
+  tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
+  results = {'algorithms': summarise(tuned), 'seeds': list(seeds),
+             'confidence': stats.CONFIDENCE, 'target_accuracy': config.target_accuracy,
              'eval_interval_s': eval_interval(config, setup.problem),
              'eval_growth': float(config.compare.get('eval_growth', 0.1)),
-             'max_sim_time_s': config.max_sim_time}
+             'max_sim_time_s': config.max_sim_time, 'machine': machine.describe()}
   # What an algorithm's module says of its configuration (e.g. D-PSGD's graph).
   results['descriptions'] = {
       name: algorithms.ALGORITHMS.get(name).describe(validation.algorithm_config(config, name),
@@ -250,19 +330,17 @@ def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> 
   if tuned:
     plot_curves(tuned, workdir, config.target_accuracy)
   report = report_markdown(config, results['algorithms'],
-                           f'Comparison: {os.path.basename(os.path.normpath(workdir))}')
+                           f'Comparison: {os.path.basename(os.path.normpath(workdir))}',
+                           seeds=seeds, machine=results['machine'])
   for name, text in results['descriptions'].items():
     report += f'\n{name}: {text["text"]}\n'
-  if config.compare.sweep:
-    # Only the profile changes: the data, partition and model are shared.
-    setup_fn = lambda c: dataclasses.replace(setup, problem=dataclasses.replace(
-        setup.problem, profile=profiles.make_profile(c.profile, c.num_devices, c.seed)))
-    results['sweep'] = heterogeneity_sweep(config, setup_fn, evaluator, tuned, workdir, log,
+  if config.compare.sweep and tuned:
+    results['sweep'] = heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log,
                                            verbose)
     report += '\n## Heterogeneity sweep\n\n![sweep](sweep_speedup.png)\n\n' + sweep_table(
         results['sweep']['rows'])
   if config.compare.ablation and 'hadfl' in tuned:
-    results['ablation'] = ablation(config, setup, evaluator, tuned['hadfl'].best.point,
+    results['ablation'] = ablation(config, setups, evaluator, tuned['hadfl'].best.point,
                                    workdir, log, verbose)
     report += '\n## Ablation\n\nSee [ablation.md](ablation.md).\n'
   report += ('\n![accuracy vs time](accuracy_vs_time.png)\n\n'

@@ -20,6 +20,26 @@ from hadfl_jax.core import task as task_lib
 PyTree = Any
 
 
+def inference_module(model):
+  """The model as evaluation runs it: the same parameters, with XLA's native convolution
+  (``conv_impl='lax'``) where the model has a choice.
+
+  Training runs the ``patches`` convolution, the fast one inside the vmapped loop of
+  small per-device batches; one model on batches of 1,000 test images is the opposite case,
+  where the native convolution is several times faster on CPU (``benchmarks/flops.py``
+  measures both) and is the natural choice on accelerators. The parameter tree is the same,
+  so the choice changes results only by float rounding.
+  """
+  if 'conv_impl' in getattr(model, '__dataclass_fields__', {}):
+    return model.clone(conv_impl='lax')
+  return model
+
+
+def inference_apply(model) -> Callable[..., jax.Array]:
+  """``inference_module(model).apply``."""
+  return inference_module(model).apply
+
+
 class Evaluation(NamedTuple):
   accuracy: jax.Array
   loss: jax.Array
@@ -51,6 +71,8 @@ class Evaluator:
     device_examples: test examples used for every device's accuracy.
     device_chunk: devices evaluated at once.
     task: the loss and accuracy (default: cross-entropy and argmax accuracy).
+    device_apply_fn: the ``apply`` used for the device models, which are evaluated
+      vmapped over their parameters (default: ``apply_fn``).
   """
 
   def __init__(
@@ -61,8 +83,10 @@ class Evaluator:
       device_examples: int = 1000,
       device_chunk: int = 64,
       task: task_lib.Task | None = None,
+      device_apply_fn: Callable[..., jax.Array] | None = None,
   ):
     self._apply_fn = apply_fn
+    self._device_apply_fn = device_apply_fn or apply_fn
     self._task = task or task_lib.Task()
     batch_size = min(batch_size, len(test.labels))
     self._x, self._y, self._mask = _batched(test.images, test.labels, batch_size)
@@ -72,6 +96,15 @@ class Evaluator:
     self._device_chunk = device_chunk
     self.model = jax.jit(self._evaluate_model)
     self.devices = jax.jit(self._evaluate_devices)
+
+  @classmethod
+  def for_model(cls, model, test, batch_size: int = 1000, device_examples: int = 1000,
+                device_chunk: int = 64, task: task_lib.Task | None = None) -> 'Evaluator':
+    """The evaluator of a flax model: the consensus model through
+    :func:`inference_apply` (one model, large batches), the device models through the
+    model as it trains (vmapped over their parameters, like training)."""
+    return cls(inference_apply(model), test, batch_size, device_examples, device_chunk, task,
+               device_apply_fn=model.apply)
 
   def _evaluate_model(self, params: PyTree) -> Evaluation:
     def batch_stats(batch):
@@ -89,7 +122,7 @@ class Evaluator:
     x = self._task.preprocess(self._device_x)
 
     def accuracy(params):
-      logits = self._apply_fn({'params': params}, x)
+      logits = self._device_apply_fn({'params': params}, x)
       return jnp.mean(self._task.accuracy(logits, self._device_y))
 
     return jax.lax.map(accuracy, params_N, batch_size=self._device_chunk)

@@ -3,12 +3,14 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from hadfl_jax.configs import quick_compare
 from hadfl_jax import algorithms
 from hadfl_jax import compare
 from hadfl_jax import train
+from hadfl_jax.comparison import runs as runs_lib
 from tests import fixtures
 
 
@@ -16,6 +18,7 @@ from tests import fixtures
 def config(digits_data_dir):
   cfg = quick_compare.get_config()
   cfg.dataset.data_dir = digits_data_dir
+  cfg.compare.seeds = (0,)  # One seed where the test is not about seeds (CPU time).
   return cfg
 
 
@@ -25,37 +28,71 @@ def test_quick_comparison_writes_results_report_and_plots(config, tmp_path):
   assert set(algos) == set(config.compare.algorithms)
   for name, r in algos.items():
     assert r['chosen'] == ({'lr': 0.05} if name == 'ddp' else {'lr': 0.05, 'h': 5})
-    assert r['busiest_link_bytes'] > 0
-    assert 0 <= r['final_consensus_accuracy'] <= 1
+    assert r['busiest_link_bytes']['mean'] > 0
+    assert 0 <= r['final_consensus_accuracy']['mean'] <= 1
+    assert [s['seed'] for s in r['per_seed']] == [0]
     if name != 'hadfl':
-      assert r['hadfl_speedup']['value'] is None or r['hadfl_speedup']['value'] > 0
+      assert r['hadfl_speedup']['mean'] is None or r['hadfl_speedup']['mean'] > 0
   # HADFL reaches 90% on digits well within the cap.
-  assert algos['hadfl']['time_to_target_s'] is not None
+  assert algos['hadfl']['time_to_target_s']['reached'] == 1
   with open(tmp_path / 'results.json') as f:
-    assert json.load(f)['algorithms']['dfedavg']['chosen']['h'] == 5
+    written = json.load(f)
+  assert written['algorithms']['dfedavg']['chosen']['h'] == 5
+  assert written['seeds'] == [0]
+  machine = written['machine']
+  assert machine['backend'] == 'cpu' and machine['libraries']['jax']
+  assert 'vector_extensions' in machine and machine['cpu_model']
   report = (tmp_path / 'report.md').read_text()
-  assert '| hadfl |' in report and '| ddp |' in report
+  assert '| hadfl |' in report and '| ddp |' in report and '## Per seed' in report
   for png in ('accuracy_vs_time.png', 'accuracy_vs_bytes.png'):
     assert (tmp_path / png).stat().st_size > 1000
   # The evaluation schedule is the same in simulated seconds for every algorithm.
   for name in algos:
     run = next(d for d in os.listdir(tmp_path / 'runs') if d.startswith(name + '_'))
-    with open(tmp_path / 'runs' / run / 'metrics.jsonl') as f:
+    with open(tmp_path / 'runs' / run / 'seed0' / 'metrics.jsonl') as f:
       times = [json.loads(line)['sim_time_s'] for line in f]
     for a, b in zip(times[:-1], times[1:-1]):
       assert b >= max(a + 0.2, a * 1.1) - 1e-9
 
 
-def test_finished_runs_are_reused_and_marked_cached(config, tmp_path, capsys):
+def _summary(path):
+  with open(path / 'summary.json') as f:
+    return json.load(f)
+
+
+def test_every_point_runs_on_every_seed_and_is_reported_over_seeds(config, tmp_path, capsys):
   config.compare.algorithms = ('dfedavg',)
-  config.compare.learning_rates = (0.05, 0.1)
+  config.compare.seeds = (0, 3)
   lines = []
   first = compare.compare(config, str(tmp_path), log=lines.append)
   assert capsys.readouterr().out == ''  # log= is the only output: no per-cycle lines.
   assert [line.split(']')[0] for line in lines] == ['[1/2', '[2/2']
-  assert 'dfedavg h5_lr0.05' in lines[0] and 'eta ' in lines[0] and 'cached' not in lines[0]
-  assert 'eta' not in lines[1]  # Nothing left.
-  summary = tmp_path / 'runs' / 'dfedavg_h5_lr0.05' / 'summary.json'
+  assert 'dfedavg h5_lr0.05 seed 0' in lines[0] and 'eta ' in lines[0]
+  assert 'seed 3' in lines[1] and 'cached' not in lines[1] and 'eta' not in lines[1]
+  runs = tmp_path / 'runs' / 'dfedavg_h5_lr0.05'
+  s0, s3 = _summary(runs / 'seed0'), _summary(runs / 'seed3')
+  # Each seed is its own partition, initialisation and draws.
+  assert (runs / 'seed0' / 'partition.json').read_text() != (
+      runs / 'seed3' / 'partition.json').read_text()
+  r = first['algorithms']['dfedavg']
+  assert [p['time_to_target_s'] for p in r['per_seed']] == [s0['time_to_target_s'],
+                                                             s3['time_to_target_s']]
+  accs = [s0['final_consensus_accuracy'], s3['final_consensus_accuracy']]
+  assert r['final_consensus_accuracy']['mean'] == pytest.approx(np.mean(accs))
+  half = 12.7062 * np.std(accs, ddof=1) / np.sqrt(2)  # t_{0.975, 1} from a table.
+  assert r['final_consensus_accuracy']['ci95'] == pytest.approx(
+      [np.mean(accs) - half, np.mean(accs) + half], rel=1e-4)
+  # Seed 3 of the comparison is exactly the run `main` makes with --config.seed=3.
+  single = config.copy_and_resolve_references()
+  single.algorithm, single.seed = 'dfedavg', 3
+  single.dfedavg.local_steps, single.optimizer.learning_rate = 5, 0.05
+  single.eval_interval_s, single.eval_growth = 0.2, 0.1
+  train.train_and_evaluate(single, str(tmp_path / 'single'), verbose=False)
+  assert (tmp_path / 'single' / 'metrics.jsonl').read_text() == (
+      runs / 'seed3' / 'metrics.jsonl').read_text()
+
+  # Run again: every run is found finished and reused.
+  summary = runs / 'seed0' / 'summary.json'
   stamp = os.stat(summary).st_mtime_ns
   lines.clear()
   second = compare.compare(config, str(tmp_path), log=lines.append)
@@ -77,9 +114,37 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
   rows = results['sweep']['rows']
   assert [r['ratio'] for r in rows] == [1.0, 8.0]
   assert set(rows[0]['hadfl_speedup']) == {'dfedavg'}
+  for row in rows:  # Each ratio's runs, from their own directories.
+    hadfl = _summary(tmp_path / 'sweep' / f'r{row["ratio"]:g}_hadfl' / 'seed0')
+    assert row['time_to_target_s']['hadfl']['per_seed'] == [hadfl['time_to_target_s']]
   assert (tmp_path / 'sweep_speedup.png').exists()
   assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
   assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
+
+
+def test_option_grids_and_a_diverging_point(config, tmp_path):
+  config.compare.options = 'prague.group_size=2,3;fedbuff.buffer_size=4'
+  assert compare.grid_points(config, 'prague') == [
+      {'lr': 0.05, 'h': 5, 'prague.group_size': 2}, {'lr': 0.05, 'h': 5, 'prague.group_size': 3}]
+  assert compare.grid_points(config, 'fedbuff') == [
+      {'lr': 0.05, 'h': 5, 'fedbuff.buffer_size': 4}]
+  assert compare.grid_points(config, 'dfedavg') == [{'lr': 0.05, 'h': 5}]
+  # A learning rate that diverges is a grid point that never reaches the target, not the
+  # end of the comparison.
+  config.compare.algorithms = ('prague',)
+  config.compare.options = 'prague.group_size=2'
+  config.compare.learning_rates = (0.05, 1e10)
+  config.max_sim_time = 2.0
+  results = compare.compare(config, str(tmp_path), log=lambda _: None)
+  r = results['algorithms']['prague']
+  assert r['chosen'] == {'lr': 0.05, 'h': 5, 'prague.group_size': 2}
+  bad = next(g for g in r['grid'] if g['point']['lr'] == 1e10)
+  assert bad['time_to_target_s']['reached'] == 0 and bad['diverged'] == 1
+  summary = _summary(tmp_path / 'runs' / 'prague_h5_lr10000000000.0_group_size2' / 'seed0')
+  assert 'not finite' in summary['diverged'] and summary['sim_time_s'] == 2.0
+  assert '1 diverged' in (tmp_path / 'report.md').read_text()
+  with open(tmp_path / 'runs' / 'prague_h5_lr0.05_group_size2' / 'seed0' / 'config.json') as f:
+    assert json.load(f)['prague']['group_size'] == 2
 
 
 def _record(tta, acc, sim):
@@ -87,7 +152,7 @@ def _record(tta, acc, sim):
                                     'sim_time_s': sim}, history=(), wall_time_s=0.0)
 
 
-def test_ranking_and_speedups():
+def test_ranking_and_speedups_of_single_runs():
   fast, slow = _record(2.0, 0.9, 2.0), _record(6.0, 0.95, 6.0)
   never, never_worse = _record(None, 0.99, 30.0), _record(None, 0.5, 30.0)
   assert sorted([never_worse, never, slow, fast], key=compare.rank_key) == [
@@ -145,23 +210,17 @@ def test_ablation_over_seeds(tmp_path):
 
 
 def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
-  # results/quick_digits was computed before each algorithm had its own config section;
-  # its COMMAND, run today, finds every cached run (runs/<algorithm>_<point>/run_key.json).
+  # Run keys written before each algorithm had its own config section (then one
+  # `baselines` section served all; tests/testdata holds one, of D-FedAvg at H=5, lr 0.05)
+  # are read in today's form, so such cached runs are found.
+  with open(fixtures.REPO / 'tests' / 'testdata' / 'run_key_before_sections.json') as f:
+    old = json.load(f)
   config.hadfl.weights = 'data'
-  config.compare.algorithms = ('hadfl', 'dfedavg', 'ddp', 'fedavg', 'dpsgd')  # Then.
   config.target_accuracy, config.max_sim_time = 0.95, 60.0
-  config.compare.learning_rates, config.compare.local_steps = (0.02, 0.05, 0.1), (5, 20)
   setup = train.build_setup(config)
-  runs = fixtures.REPO / 'results' / 'quick_digits' / 'runs'
-  found = 0
-  for name in config.compare.algorithms:
-    for point in compare.grid_points(config, name):
-      cfg = compare.apply_point(config, name, point, setup.problem)
-      run = runs / f'{name}_{compare.point_tag(point)}'
-      assert compare.load_run(cfg, str(run)) is not None, run
-      found += 1
-  assert found == 27
+  cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5}, setup.problem)
+  assert runs_lib.upgrade_run_key(old) == json.loads(json.dumps(runs_lib.run_key(cfg)))
   # A different value of the algorithm's own section is another run.
   cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5, 'dfedavg.opt_state': 'keep'},
                             setup.problem)
-  assert compare.load_run(cfg, str(runs / 'dfedavg_h5_lr0.05')) is None
+  assert runs_lib.upgrade_run_key(old) != json.loads(json.dumps(runs_lib.run_key(cfg)))

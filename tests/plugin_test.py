@@ -138,6 +138,7 @@ def test_compare_runs_a_plugin_beside_hadfl(quick_config, tmp_path):
   config.dataset.data_dir = quick_config.dataset.data_dir
   config.imports = (PLUGIN,)
   config.compare.algorithms = ('hadfl', 'pairwise_gossip')
+  config.compare.seeds = (0,)
   config.hadfl.selection = 'fewest_examples'  # HADFL with the plug-in selection rule.
   config.max_sim_time = 1.0
   results = compare.compare(config, str(tmp_path), log=lambda _: None)
@@ -145,9 +146,9 @@ def test_compare_runs_a_plugin_beside_hadfl(quick_config, tmp_path):
   gossip = results['algorithms']['pairwise_gossip']
   assert gossip['chosen'] == {'lr': 0.05, 'h': 5}
   assert 'hadfl_speedup' in gossip
-  with open(tmp_path / 'runs' / 'pairwise_gossip_h5_lr0.05' / 'config.json') as f:
+  with open(tmp_path / 'runs' / 'pairwise_gossip_h5_lr0.05' / 'seed0' / 'config.json') as f:
     # h = 5 steps of the fastest device (10 ms per step): t_local = 0.05 s.
     assert json.load(f)['pairwise_gossip']['t_local'] == pytest.approx(0.05)
-  with open(tmp_path / 'runs' / 'hadfl_h5_lr0.05' / 'config.json') as f:
+  with open(tmp_path / 'runs' / 'hadfl_h5_lr0.05' / 'seed0' / 'config.json') as f:
     assert json.load(f)['hadfl']['selection'] == 'fewest_examples'
 

@@ -141,6 +141,11 @@ CROSS_FIELD = {
     'compare.extra_local_steps': st.sampled_from(
         ['nope=3', 'dfedavg=0', 'dfedavg', 'dfedavg=a', 'dfedavg=5;x=2']),
     'compare.winners_from': st.just('/no/such/results.json'),
+    'compare.options': st.sampled_from(
+        ['nope.x=1', 'prague.group_sz=2', 'prague.group_size=0', 'prague.group_size',
+         'fedbuff.server_lr=-1', 'hadfl.selection=no_such_rule', '=3', 'fedbuff.=1']),
+    'compare.seeds': st.lists(st.integers(0, 3), min_size=2, max_size=5).filter(
+        lambda s: len(set(s)) < len(s)).map(tuple),
     'profile.speeds': st.one_of(  # The default kind is 'list': one speed per device.
         st.lists(st.floats(0.1, 10), max_size=12).filter(lambda s: len(s) != N),
         st.lists(st.floats(max_value=0), min_size=N, max_size=N),

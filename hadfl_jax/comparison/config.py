@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import re
@@ -10,6 +11,34 @@ from hadfl_jax import algorithms
 from hadfl_jax import typed_config as tc
 
 _EXTRA_STEPS = re.compile(r'^\s*([\w/]+)\s*=\s*\d+(\s*,\s*\d+)*\s*,?\s*$')
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # A name, e.g. a graph or a selection rule.
+
+
+def parse_options(spec: str) -> dict[str, dict[str, tuple]]:
+  """``'prague.group_size=2,3;fedbuff.server_lr=0.5,1'`` ->
+  ``{'prague': {'group_size': (2, 3)}, 'fedbuff': {'server_lr': (0.5, 1)}}``.
+
+  Values are Python literals (numbers, booleans) or bare names (``hadfl.selection=speed``);
+  their types are checked against the algorithm's config by ``CompareConfig.check``.
+
+  Raises:
+    ValueError: a part that is not ``<algorithm>.<field>=<value>[,<value>...]``.
+  """
+  out: dict[str, dict[str, tuple]] = {}
+  for part in filter(None, (p.strip() for p in spec.split(';'))):
+    key, eq, values = part.partition('=')
+    name, dot, field = key.strip().partition('.')
+    vals = tuple(_literal(v.strip()) for v in values.split(',') if v.strip())
+    if not (eq and dot and name and field and vals):
+      raise ValueError(f'{part!r} is not <algorithm>.<field>=<value>[,<value>...]')
+    out.setdefault(name, {})[field] = vals
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +55,11 @@ class CompareConfig(tc.Section):
   local_steps: tuple = tc.integers((5, 20), low=1,
                                    doc="H grid: local steps, HADFL's fastest device's steps")
   extra_local_steps: str = tc.text('', doc="more H for some algorithms: 'dfedavg=20,10;dpsgd=5'")
+  options: str = tc.text('', doc="grid dimensions of algorithms' own options: "
+                         "'prague.group_size=2,3,4;fedbuff.server_lr=0.5,1.0'")
+  seeds: tuple = tc.integers((0, 1, 2, 3, 4), low=0,
+                             doc='every grid point runs on every seed (partition, '
+                             'initialisation, profile, draws); reported as mean and 95% CI')
   eval_interval_s: float = tc.number(0.0, low=0, doc='simulated seconds between evaluations; '
                                      '0: four cycles of HADFL at the smallest H')
   eval_growth: float = tc.number(0.1, low=0, doc='... and at most this relative step')
@@ -45,6 +79,23 @@ class CompareConfig(tc.Section):
         tc.fail(prefix + 'extra_local_steps', self.extra_local_steps,
                 "must look like 'dfedavg=20,10;dpsgd=5': algorithm names from "
                 f'{algorithms.names()}, steps >= 1; bad part {part!r}')
+    try:
+      options = parse_options(self.options)
+    except ValueError as e:
+      tc.fail(prefix + 'options', self.options, str(e))
+    for name, fields in options.items():
+      if name not in algorithms.names():
+        tc.fail(prefix + 'options', self.options,
+                f'names algorithm {name!r}; registered: {algorithms.names()}')
+      specs = tc.specs(algorithms.ALGORITHMS.get(name).Config)
+      for field, values in fields.items():
+        if field not in specs:
+          tc.fail(prefix + 'options', self.options,
+                  f'{name} has no option {field!r}; its options: {tuple(specs)}')
+        for v in values:
+          specs[field].coerce(f'{prefix}options: {name}.{field}', v)
+    if len(set(self.seeds)) != len(self.seeds):
+      tc.fail(prefix + 'seeds', self.seeds, 'must not repeat a seed')
     if self.winners_from and not os.path.isfile(os.path.expanduser(self.winners_from)):
       tc.fail(prefix + 'winners_from', self.winners_from,
               'must be None or the path of an existing results.json')

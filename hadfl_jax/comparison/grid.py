@@ -2,19 +2,23 @@
 
 Every algorithm takes its learning rate from ``compare.learning_rates`` and, where its
 module lists ``h`` in ``GRID_KNOBS``, its H from ``compare.local_steps`` (plus
-``compare.extra_local_steps``); the algorithm's module maps the point onto its typed config
+``compare.extra_local_steps``); ``compare.options`` adds dimensions of an algorithm's own
+options (Prague's G, FedBuff's K and server learning rate, HADFL's rho: any field of its
+typed config). The algorithm's module maps the point onto its typed config
 (:func:`hadfl_jax.algorithms.apply_grid_point`), so nothing here branches on a name.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import ml_collections
 
 from hadfl_jax import algorithms
 from hadfl_jax import validation
+from hadfl_jax.comparison.config import parse_options
 
 
 def parse_extra_local_steps(spec: str) -> dict[str, tuple[int, ...]]:
@@ -27,7 +31,8 @@ def parse_extra_local_steps(spec: str) -> dict[str, tuple[int, ...]]:
 
 
 def grid_points(config, algorithm: str) -> list[dict]:
-  """The hyperparameter grid of one algorithm: dicts with ``lr`` and maybe ``h``.
+  """The hyperparameter grid of one algorithm: dicts with ``lr``, maybe ``h`` and any
+  ``'<algorithm>.<field>'`` of ``compare.options``.
 
   With ``compare.winners_from`` (the path of an earlier ``results.json``) the grid is the
   single point that won there, where that comparison ran the algorithm.
@@ -41,11 +46,13 @@ def grid_points(config, algorithm: str) -> list[dict]:
   points = []
   extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
   steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
+  options = parse_options(cmp.get('options') or '').get(algorithm, {})
   for lr in cmp.learning_rates:
-    if 'h' in algorithms.grid_knobs(algorithm):
-      points.extend({'lr': float(lr), 'h': int(h)} for h in steps)
-    else:
-      points.append({'lr': float(lr)})
+    base = ([{'lr': float(lr), 'h': int(h)} for h in steps]
+            if 'h' in algorithms.grid_knobs(algorithm) else [{'lr': float(lr)}])
+    for point in base:
+      for values in itertools.product(*options.values()):
+        points.append(dict(point, **{f'{algorithm}.{f}': v for f, v in zip(options, values)}))
   return points
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from hadfl_jax import checkpoint
 from hadfl_jax import train
 from hadfl_jax import validation
+from hadfl_jax.comparison import stats
 from hadfl_jax.comparison.grid import eval_interval
 
 
@@ -115,12 +116,86 @@ class RunCounter:
 
 
 @dataclasses.dataclass(frozen=True)
-class Tuned:
-  """One algorithm's grid: every record run, the points not run, and the winner."""
+class PointRuns:
+  """One grid point run on every seed of the comparison.
 
-  best: RunRecord
-  grid: tuple[RunRecord, ...]
+  Attributes:
+    point: the grid point.
+    seeds: the seeds, in ``compare.seeds`` order.
+    records: each seed's run, aligned with ``seeds``.
+  """
+
+  point: dict[str, Any]
+  seeds: tuple[int, ...]
+  records: tuple[RunRecord, ...]
+
+  @property
+  def ttas(self) -> list[float | None]:
+    return [r.time_to_target_s for r in self.records]
+
+  @property
+  def run_lengths(self) -> list[float]:
+    return [r.sim_time_s for r in self.records]
+
+  @property
+  def wall_time_s(self) -> float:
+    return float(sum(r.wall_time_s for r in self.records))
+
+  def time_to_target(self) -> dict:
+    """Mean and 95% CI over seeds (:func:`hadfl_jax.comparison.stats.time_to_target`)."""
+    return stats.time_to_target(self.ttas, self.run_lengths)
+
+  def mean(self, field: str) -> dict:
+    """Mean and 95% CI over seeds of a ``summary.json`` field."""
+    return stats.mean_ci([r.summary[field] for r in self.records])
+
+  def per_seed(self) -> list[dict[str, Any]]:
+    """Each seed's figures, for ``results.json``."""
+    return [{'seed': s, 'time_to_target_s': r.time_to_target_s,
+             'final_consensus_accuracy': r.final_consensus_accuracy,
+             'busiest_link_bytes': r.summary.get('busiest_link_bytes'),
+             'bytes_sent': r.summary.get('bytes_sent'), 'sim_time_s': r.sim_time_s,
+             'wall_time_s': r.wall_time_s} for s, r in zip(self.seeds, self.records)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+  """One algorithm's grid: every point run on every seed, the points not run (all
+  seeds) or not complete, and the winner (:func:`hadfl_jax.comparison.report.rank_key`)."""
+
+  best: PointRuns
+  grid: tuple[PointRuns, ...]
   skipped: tuple[dict[str, Any], ...] = ()
+
+
+class SeedSetups:
+  """Each seed's :class:`~hadfl_jax.train.Setup` (its own data partition, initialisation
+  and device profile), built when first asked for; only the latest is kept, so a
+  comparison that goes seed by seed holds one seed's data at a time.
+  """
+
+  def __init__(self, config, build: Callable[[Any], train.Setup] = None):
+    self._config, self._build = config, build or train.build_setup
+    self._seed, self._setup = None, None
+
+  def __call__(self, seed: int) -> train.Setup:
+    if seed != self._seed:
+      self._setup = None  # Free the previous seed's data first.
+      self._setup = self._build(seeded(self._config, seed))
+      self._seed = seed
+    return self._setup
+
+
+def seeded(config, seed: int):
+  """A copy of ``config`` with ``seed``."""
+  cfg = copy.deepcopy(config)
+  cfg.seed = int(seed)
+  return cfg
+
+
+def run_dir(workdir: str, name: str, tag: str, seed: int) -> str:
+  """Where one algorithm's grid point runs on one seed: ``runs/<name>_<point>/seed<s>``."""
+  return os.path.join(workdir, 'runs', f'{name}_{tag}', f'seed{seed}')
 
 
 def run_point(config, setup: train.Setup, evaluator, workdir: str,
@@ -142,14 +217,44 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
   run_config.eval_interval_s = eval_interval(config, None)
   run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
   wall = time.perf_counter()
-  train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
-                           verbose=verbose)
-  with open(os.path.join(workdir, 'timing.json')) as f:
-    timing = json.load(f)
+  try:
+    train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
+                             verbose=verbose)
+    with open(os.path.join(workdir, 'timing.json')) as f:
+      timing = json.load(f)
+  except train.DivergenceError as e:
+    # One point of a grid that diverges (a learning rate too large) is a result, not the
+    # end of the comparison: recorded as a run that never reached the target.
+    write_json(os.path.join(workdir, 'summary.json'), diverged_summary(config, workdir, str(e)))
+    timing = {}
   timing['wall_time_s'] = time.perf_counter() - wall
   write_json(os.path.join(workdir, 'timing.json'), timing)
   write_json(os.path.join(workdir, RUN_KEY_FILE), run_key(config))
   return load_run(config, workdir)
+
+
+def diverged_summary(config, workdir: str, message: str) -> dict:
+  """``summary.json`` of a run stopped by divergence: it never reached the target (unless
+  it had before diverging), its final accuracy is 0 (its model is not finite), and it
+  counts as having run ``max_sim_time`` (else as far as it got), so that a mean over seeds
+  with a diverged seed is the lower bound of a run that never gets there."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  else:
+    open(path, 'w').close()
+  reached = [r for r in rows if r['consensus_accuracy'] >= config.target_accuracy]
+  last = rows[-1] if rows else {}
+  return {'algorithm': config.algorithm, 'diverged': message,
+          'target_accuracy': config.target_accuracy,
+          'time_to_target_s': reached[0]['sim_time_s'] if reached else None,
+          'final_consensus_accuracy': 0.0,
+          'best_consensus_accuracy': max((r['consensus_accuracy'] for r in rows), default=0.0),
+          'sim_time_s': float(config.max_sim_time or last.get('sim_time_s', 0.0)),
+          'bytes_sent': last.get('bytes_sent', 0.0),
+          'busiest_link_bytes': last.get('busiest_link_bytes', 0.0)}
 
 
 def run_key(config) -> dict:
