@@ -75,9 +75,9 @@ def main() -> None:
     config = default.get_config()
     config.seed = seed
     setup = train.build_setup(config)
-    evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
-                                     config.eval_batch_size, config.device_eval_examples,
-                                     task=setup.problem.task)
+    evaluator = evaluation.Evaluator.for_model(setup.problem.model, setup.test,
+                                               config.eval_batch_size, config.device_eval_examples,
+                                               task=setup.problem.task)
     for window in WINDOWS:
       rows.append(run_one(config, setup, evaluator, window))
       print(rows[-1], flush=True)

@@ -11,6 +11,8 @@ Sections (``--only``):
 
 * ``engine``: engine vs a naive Python loop over devices vs the one-big-batch limit,
   and the CPU conv trap (:mod:`benchmarks.engine`);
+* ``flops``: training's and evaluation's FLOP rates against the machine's float32 matmul
+  rate (:mod:`benchmarks.flops`);
 * ``waste``: masking waste of the spec's scenarios and what buckets save
   (:mod:`benchmarks.waste`);
 * ``aggregation``: sparse group averaging for N = 64 .. 16,384 (:mod:`benchmarks.aggregation`);
@@ -42,12 +44,14 @@ from benchmarks import aggregation  # pylint: disable=g-import-not-at-top,wrong-
 from benchmarks import common
 from benchmarks import compile_time
 from benchmarks import engine
+from benchmarks import flops
 from benchmarks import scale
 from benchmarks import sharding_bench
 from benchmarks import waste
 
 SECTIONS = {
     'engine': (engine, 'Engine against a naive loop and the one-big-batch limit'),
+    'flops': (flops, 'FLOP rates: training and evaluation against the matmul limit'),
     'waste': (waste, 'Masking waste, and what budget-sorted buckets save'),
     'aggregation': (aggregation, 'Aggregation: O(K M), not O(N^2 M)'),
     'scale': (scale, '10,000 devices: memory'),
@@ -71,6 +75,12 @@ def targets(results: dict[str, Any]) -> list[str]:
       if vs_limit is not None:
         out.append(f"{'met' if vs_limit >= 0.7 else 'NOT met'}: {label} >= 0.7x "
                    f"one-big-batch limit at N=64, {r['model']}: {vs_limit:.2f}x")
+  for r in results.get('flops', {}).get('rows', []):
+    out.append(f"{'met' if r['train_vs_matmul'] >= 0.5 else 'NOT met'}: training >= 0.5x the "
+               f"float32 matmul rate, {r['model']} N={r['num_devices']}: "
+               f"{r['train_vs_matmul']:.2f}x")
+    out.append(f"{'met' if r['eval_vs_train'] >= 1.0 else 'NOT met'}: evaluation >= training's "
+               f"FLOP rate, {r['model']}: {r['eval_vs_train']:.2f}x")
   trap = results.get('engine', {}).get('conv_trap')
   if trap:
     eps = trap['examples_per_s']

@@ -311,9 +311,10 @@ def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> 
   setups = SeedSetups(config)
   setup = setups(seeds[0])
   # The test set and model are the same for every seed: one evaluator (compiled once).
-  evaluator = evaluation.Evaluator(setup.problem.model.apply, setup.test,
-                                   config.eval_batch_size, config.device_eval_examples,
-                                   task=setup.problem.task)
+  evaluator = evaluation.Evaluator.for_model(setup.problem.model, setup.test,
+                                             config.eval_batch_size,
+                                             config.device_eval_examples,
+                                             task=setup.problem.task)
   wall = time.perf_counter()
   tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
   results = {'algorithms': summarise(tuned), 'seeds': list(seeds),

@@ -100,11 +100,20 @@ class Evaluator:
   @classmethod
   def for_model(cls, model, test, batch_size: int = 1000, device_examples: int = 1000,
                 device_chunk: int = 64, task: task_lib.Task | None = None) -> 'Evaluator':
-    """The evaluator of a flax model: the consensus model through
-    :func:`inference_apply` (one model, large batches), the device models through the
-    model as it trains (vmapped over their parameters, like training)."""
-    return cls(inference_apply(model), test, batch_size, device_examples, device_chunk, task,
-               device_apply_fn=model.apply)
+    """The evaluator of a flax model, fast on every model.
+
+    The consensus model runs through :func:`inference_apply` (one model, large batches:
+    the native convolution). Device models of a model with a convolution choice run one
+    at a time the same way (``device_chunk`` 1): vmapped over per-device weights a native
+    convolution becomes a grouped one, and the patches convolution's activations for many
+    devices x 1,000 images fall out of cache (``benchmarks/flops.py`` measured both at
+    under half the single-model rate on CPU). Dense models keep ``device_chunk`` devices
+    per step: there, vmapping turns small matmuls into batched ones.
+    """
+    if inference_module(model) is model:
+      return cls(model.apply, test, batch_size, device_examples, device_chunk, task)
+    apply_fn = inference_apply(model)
+    return cls(apply_fn, test, batch_size, device_examples, 1, task)
 
   def _evaluate_model(self, params: PyTree) -> Evaluation:
     def batch_stats(batch):

@@ -625,9 +625,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   problem = setup.problem
   algorithm = build_algorithm(config, problem)
   if evaluator is None:
-    evaluator = evaluation.Evaluator(
-        problem.model.apply, setup.test, config.eval_batch_size,
-        config.device_eval_examples, task=problem.task)
+    evaluator = evaluation.Evaluator.for_model(
+        problem.model, setup.test, config.eval_batch_size, config.device_eval_examples,
+        task=problem.task)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   # The device axis sharded over the accelerators (a no-op mesh of one on a laptop).
   mesh = sharding.make_mesh(sharding.mesh_size(validation.engine_config(config)))

@@ -2,10 +2,13 @@
 
 import json
 
+import jax
 import numpy as np
 
 from benchmarks import aggregation
+from benchmarks import common
 from benchmarks import engine
+from benchmarks import flops
 from benchmarks import run
 from benchmarks import waste
 
@@ -39,3 +42,16 @@ def test_run_writes_json_and_markdown(tmp_path):
   results = json.loads((tmp_path / 'results.json').read_text())
   assert set(results) == {'waste', 'meta'}
   assert '## Masking waste' in (tmp_path / 'results.md').read_text()
+
+
+def test_flop_rates_are_measured_against_the_matmul_limit():
+  row = flops.measure('small_mlp', 2, repeats=1, steps=1)
+  assert row['matmul_flops_per_s'] > 0 and row['flops']['train'] > 0
+  assert set(row['flops_per_s']) == {'train', 'eval_consensus/chosen', 'eval_devices/chosen'}
+  # One dense forward pass: 2 FLOP per weight per example, within XLA's extra counts.
+  model, params = common.init_params('small_mlp')
+  weights = sum(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
+  per_example = row['flops']['eval_consensus/chosen'] / flops.TEST_EXAMPLES
+  assert 2 * weights <= per_example <= 2.5 * weights
+  text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
+  assert 'vector extensions' in text and '| small_mlp | 2 |' in text

@@ -1,0 +1,174 @@
+r"""FLOP rates in one run: the machine's float32 matmul, local training, evaluation.
+
+What a figure means depends on the machine (an AVX-512 CPU ran the same training 3.5x
+faster than an AVX2 one), so every rate here is set against the machine's own limit
+measured in the same run: numpy's float32 matmul of two 2048 x 2048 matrices (BLAS, all
+cores). Rates:
+
+* ``matmul``: 2 * 2048^3 FLOP per product;
+* ``train``: the engine's local training (:func:`hadfl_jax.core.local.masked_local_train`,
+  N devices vmapped, batch 32, H steps), FLOP from XLA's cost analysis of one device's
+  step (forward, backward, optimizer update) times N * H;
+* ``eval`` (consensus): :class:`hadfl_jax.evaluation.Evaluator`'s ``model`` on 10,000
+  test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
+  pass times the batches;
+* ``eval`` (devices): its ``devices`` on N models x 1,000 images.
+
+Evaluation is measured with each convolution implementation (``patches``, the one that
+keeps the vmapped training loop fast on CPU, and ``lax``, XLA's native convolution) and
+with the one :func:`hadfl_jax.evaluation.inference_apply` chooses. XLA's cost analysis
+counts a loop's body once, which is why FLOP are taken from single steps and batches.
+
+  python -m benchmarks.flops --out benchmarks/results     # about a minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import common
+from benchmarks import engine
+from hadfl_jax import data as data_lib
+from hadfl_jax import evaluation
+from hadfl_jax.core import local
+
+MATMUL_N = 2048
+TEST_EXAMPLES = 10_000
+EVAL_BATCH = 1_000
+DEVICE_EXAMPLES = 1_000
+
+
+def matmul_rate(repeats: int) -> float:
+  """numpy float32 matmul FLOP/s (median of ``repeats``; BLAS on every core)."""
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((MATMUL_N, MATMUL_N), np.float32)
+  b = rng.standard_normal((MATMUL_N, MATMUL_N), np.float32)
+  a @ b  # pylint: disable=pointless-statement
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ b  # pylint: disable=pointless-statement
+    times.append(time.perf_counter() - start)
+  return 2 * MATMUL_N**3 / float(np.median(times))
+
+
+def cost_flops(fn, *args) -> float:
+  """XLA's FLOP count of one call of ``jax.jit(fn)(*args)``."""
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
+    cost = cost[0]
+  return float(cost['flops'])
+
+
+def _test_split(n: int) -> data_lib.Split:
+  rng = np.random.default_rng(1)
+  return data_lib.Split(images=rng.integers(0, 256, (n,) + common.IMAGE_SHAPE, dtype=np.uint8),
+                        labels=rng.integers(0, common.NUM_CLASSES, (n,)).astype(np.int32),
+                        num_classes=common.NUM_CLASSES)
+
+
+def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict[str, Any]:
+  """Training and evaluation FLOP/s of one model, and the matmul limit, in one run."""
+  model, params = common.init_params(model_name)
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  data = common.random_device_data(num_devices, engine.PER_DEVICE)
+  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
+  step = local.make_device_step(model.apply, optimizer, engine.BATCH)
+  train = engine._engine(step, devices, data,  # pylint: disable=protected-access
+                         engine.default_schedule(model, params, optimizer))
+  opt_state = optimizer.init(params)
+  step_flops = cost_flops(
+      lambda p, o: step(p, o, jax.random.PRNGKey(0), 0, data.images[0], data.labels[0],
+                        data.counts[0])[:2], params, opt_state)
+
+  test = _test_split(TEST_EXAMPLES)
+  params_N = jax.tree.map(lambda x: jnp.stack([x] * num_devices), params)
+  x_B = jnp.zeros((EVAL_BATCH,) + common.IMAGE_SHAPE, jnp.float32)
+  forward_flops = cost_flops(lambda p, x: model.apply({'params': p}, x), params, x_B)
+  fns = {'train': lambda: train(steps), 'matmul': None}
+  # What the runs use (Evaluator.for_model), and the alternatives: each convolution,
+  # device models vmapped 64 at a time (here all N) or one at a time.
+  evaluators = {'chosen': evaluation.Evaluator.for_model(model, test, EVAL_BATCH,
+                                                         DEVICE_EXAMPLES)}
+  if 'conv_impl' in getattr(model, '__dataclass_fields__', {}):
+    for impl in ('patches', 'lax'):
+      for chunk in (64, 1):
+        evaluators[f'{impl}, {"vmap" if chunk > 1 else "one by one"}'] = evaluation.Evaluator(
+            model.clone(conv_impl=impl).apply, test, EVAL_BATCH, DEVICE_EXAMPLES, chunk)
+  for name, ev in evaluators.items():
+    fns[f'eval_consensus/{name}'] = (
+        lambda ev=ev: jax.block_until_ready(ev.model(params)))
+    fns[f'eval_devices/{name}'] = (
+        lambda ev=ev: jax.block_until_ready(ev.devices(params_N)))
+  limit = matmul_rate(repeats)
+  fns.pop('matmul')
+  timings = common.interleaved_timings(fns, repeats)
+  limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
+  flops = {'train': step_flops * num_devices * steps}
+  for name in evaluators:
+    flops[f'eval_consensus/{name}'] = forward_flops * TEST_EXAMPLES / EVAL_BATCH
+    flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
+                                     * num_devices)
+  rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
+  chosen_eval = min(rates['eval_consensus/chosen'], rates['eval_devices/chosen'])
+  return dict(model=model_name, num_devices=num_devices, steps=steps, repeats=repeats,
+              matmul_flops_per_s=limit, flops=flops, seconds={k: t['wall'] for k, t in
+                                                                timings.items()},
+              cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
+              train_vs_matmul=rates['train'] / limit,
+              eval_vs_train=chosen_eval / rates['train'],
+              chosen_conv=getattr(evaluation.inference_module(model), 'conv_impl', None))
+
+
+
+
+def run(quick: bool) -> dict[str, Any]:
+  rows = [measure('cnn', 8, repeats=2 if quick else 5, steps=4 if quick else 16)]
+  return dict(rows=rows, device=common.cpu_info())
+
+
+def markdown(result: dict[str, Any]) -> str:
+  dev = result['device']
+  lines = [f'Machine: {dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
+           f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}.', '',
+           '| model | N | matmul limit (GFLOP/s) | what | GFLOP/s | / matmul | / training |',
+           '|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    train = r['flops_per_s']['train']
+    for what, rate in r['flops_per_s'].items():
+      lines.append(f'| {r["model"]} | {r["num_devices"]} | {r["matmul_flops_per_s"] / 1e9:.0f} '
+                   f'| {what} | {rate / 1e9:.1f} | {rate / r["matmul_flops_per_s"]:.2f} | '
+                   f'{rate / train:.2f} |')
+    lines += ['', f'Training / matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
+              f'Evaluation (the slower of consensus and devices, with the chosen convolution '
+              f'`{r["chosen_conv"]}`) / training: {r["eval_vs_train"]:.2f} (goal >= 1.0).']
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--quick', action='store_true')
+  args = parser.parse_args(argv)
+  result = run(args.quick)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, 'flops.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  text = markdown(result)
+  with open(os.path.join(args.out, 'flops.md'), 'w') as f:
+    f.write('# FLOP rates: training, evaluation and the matmul limit\n\n' + text)
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())

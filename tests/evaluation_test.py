@@ -1,0 +1,58 @@
+"""Evaluation: the evaluator of a model equals a plain loop over models and examples,
+whichever convolution and device chunking it picks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hadfl_jax import data as data_lib
+from hadfl_jax import evaluation
+from hadfl_jax import models
+
+
+def _split(n, shape, seed=0):
+  rng = np.random.default_rng(seed)
+  return data_lib.Split(images=rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+                        labels=rng.integers(0, 10, (n,)).astype(np.int32), num_classes=10)
+
+
+def _loop_reference(model, params, split, m):
+  """One image at a time in Python: accuracy and mean cross-entropy."""
+  correct, loss = 0, 0.0
+  for image, label in zip(split.images, split.labels):
+    logits = np.asarray(model.apply({'params': params}, image[None].astype(np.float32) / 255))[0]
+    correct += int(np.argmax(logits) == label)
+    logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    loss -= logp[label]
+  n = len(split.labels)
+  device = np.mean([np.argmax(np.asarray(model.apply(
+      {'params': params}, im[None].astype(np.float32) / 255))[0]) == y
+                    for im, y in zip(split.images[:m], split.labels[:m])])
+  return correct / n, loss / n, device
+
+
+@pytest.mark.parametrize('name,shape', [('digits_cnn', (8, 8, 1)), ('small_mlp', (28, 28, 1))])
+def test_evaluator_for_model_matches_a_plain_loop(name, shape):
+  model = models.get_model(name, 10)
+  split = _split(37, shape)
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params_N = jax.vmap(lambda k: model.init(k, jnp.zeros((1,) + shape))['params'])(keys)
+  ev = evaluation.Evaluator.for_model(model, split, batch_size=16, device_examples=20)
+  first = jax.tree.map(lambda x: x[0], params_N)
+  acc, loss, _ = _loop_reference(model, first, split, 20)
+  result = ev.model(first)
+  assert float(result.accuracy) == pytest.approx(acc)
+  assert float(result.loss) == pytest.approx(loss, rel=1e-4)
+  device_acc = np.asarray(ev.devices(params_N))
+  for i in range(3):
+    _, _, dev = _loop_reference(model, jax.tree.map(lambda x, i=i: x[i], params_N), split, 20)
+    assert device_acc[i] == pytest.approx(dev)
+
+
+def test_convolutional_models_evaluate_with_the_native_convolution():
+  cnn = models.get_model('cnn', 10)
+  assert cnn.conv_impl == 'patches'  # Training's convolution.
+  assert evaluation.inference_module(cnn).conv_impl == 'lax'
+  mlp = models.get_model('small_mlp', 10)
+  assert evaluation.inference_module(mlp) is mlp
