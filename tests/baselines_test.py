@@ -180,3 +180,16 @@ def test_registry_and_options(quick_config):
     algorithms.build('dfedavg', problem, {'opt_state': 'x'})
   with pytest.raises(typed_config.ConfigError, match=r'config\.fedavg\.fraction=0 is invalid'):
     algorithms.fedavg.Config(fraction=0)
+
+
+@pytest.mark.parametrize('name', ('hadfl',) + BASELINES)
+def test_a_run_leaves_the_shared_initial_parameters_alone(name):
+  # A comparison runs many algorithms on one problem, and runs donate their state to each
+  # cycle: a state that aliased problem.init_params would delete them for the next run.
+  problem, data, algo, state = setup(name)
+  cycle = jax.jit(algo.cycle, donate_argnums=0)
+  for _ in range(2):
+    state, _ = cycle(state, data)
+  jax.block_until_ready(state)
+  assert not any(x.is_deleted() for x in jax.tree.leaves(problem.init_params))
+  algo.init(jax.random.PRNGKey(4))  # The next run starts from them.

@@ -97,7 +97,7 @@ def init(problem: base.Problem, key: jax.Array) -> State:
   zeros = jax.tree.map(jnp.zeros_like, problem.init_params)
   return State(devices=devices, delta=jax.tree.map(jnp.zeros_like, devices.params),
                pulled_N=jnp.zeros((n,), jnp.int32),
-               server=jax.tree.map(jnp.asarray, problem.init_params),
+               server=jax.tree.map(jnp.array, problem.init_params),  # A copy: donated.
                version=jnp.zeros((), jnp.int32), buffer=zeros,
                buffered=jnp.zeros((), jnp.int32), down_N=jnp.zeros((n,), bool),
                clock=events.Clock.start(n), cycle=jnp.zeros((), jnp.int32), key=event_key)
