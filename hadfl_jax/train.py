@@ -370,12 +370,17 @@ class Progress:
     history: the evaluation rows (what ``metrics.jsonl`` holds).
     time_to_target_s: simulated seconds at the first evaluation at or above the target.
     cycle_at_target: the cycle of that evaluation.
+    wall: where this process's wall time went (not checkpointed, not a result):
+      ``cycles_s`` (the jitted cycles, with their first compilation), ``eval_s`` (the
+      evaluations, with theirs) and ``evaluations``.
   """
 
   ledger: Ledger
   history: list[dict] = dataclasses.field(default_factory=list)
   time_to_target_s: float | None = None
   cycle_at_target: int | None = None
+  wall: dict[str, float] = dataclasses.field(
+      default_factory=lambda: {'cycles_s': 0.0, 'eval_s': 0.0, 'evaluations': 0})
 
   def state_dict(self) -> dict[str, Any]:
     return {'ledger': self.ledger.state_dict(), 'history': list(self.history),
@@ -489,9 +494,12 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
 
   time_left = TimeLeft(num_cycles, max_sim_time, ledger, bound=stop_at_target)
   cycle = ledger.cycles
+  wall = progress.wall
   while cycle < num_cycles and not stopped():
+    start = time.perf_counter()
     state, (info, finite) = cycle_fn(state, data)
     info, finite = jax.device_get((info, finite))
+    wall['cycles_s'] += time.perf_counter() - start
     check_finite(info, cycle, finite)
     ledger.add(info)
     cycle += 1
@@ -499,7 +507,11 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     if schedule.due(cycle, ledger.sim_time) or last:
       schedule.evaluated(ledger.sim_time)
       trained = info.budgets_N > 0
-      row = {'cycle': cycle, **ledger.totals(), **evaluate(evaluator, algorithm, state),
+      start = time.perf_counter()
+      evaluated = evaluate(evaluator, algorithm, state)
+      wall['eval_s'] += time.perf_counter() - start
+      wall['evaluations'] += 1
+      row = {'cycle': cycle, **ledger.totals(), **evaluated,
              'train_loss': float(np.mean(info.train_loss_N[trained])) if np.any(trained)
                            else float('nan')}
       if not np.isfinite(row['loss']):
@@ -715,7 +727,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     # summary.json on any machine; it goes to timing.json instead.
     _write_json(summary_path, summary)
     _write_json(os.path.join(workdir, 'timing.json'),
-                {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from})
+                {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from,
+                 **progress.wall})
     if verbose:
       print(format_summary(summary, wall_time), flush=True)
   return summary
