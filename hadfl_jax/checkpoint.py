@@ -46,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hadfl_jax import algorithms
+from hadfl_jax import sharding
 from hadfl_jax import validation
 
 PyTree = Any
@@ -254,10 +255,13 @@ class Checkpointer:
 
 
 def state_digest(state: PyTree) -> str:
-  """A SHA-256 of every leaf's bytes, shape and dtype (host copies), in tree order."""
+  """A SHA-256 of every leaf's bytes, shape and dtype (host copies), in tree order.
+
+  With several processes each leaf's shards are gathered first, so every process computes
+  the digest of the whole global state (and they agree)."""
   digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(state)):
-    array = np.ascontiguousarray(np.asarray(leaf))
+  for leaf in jax.tree.leaves(state):
+    array = np.ascontiguousarray(sharding.to_host(leaf))
     digest.update(f'{array.dtype}{array.shape}'.encode())
     digest.update(array.tobytes())
   return digest.hexdigest()

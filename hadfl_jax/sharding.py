@@ -147,6 +147,15 @@ def place(tree: PyTree, shardings: PyTree) -> PyTree:
   return jax.tree.map(put, tree, shardings)
 
 
+def to_host(x) -> np.ndarray:
+  """A global array's whole value on this host: ``np.asarray`` in one process; with
+  several, the shards of every process gathered (every process must call it)."""
+  if jax.process_count() == 1 or getattr(x, 'is_fully_replicated', True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def shard_cycle(
     cycle_fn: Callable[[PyTree, PyTree], tuple[PyTree, PyTree]],
     state: PyTree,

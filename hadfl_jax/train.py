@@ -268,11 +268,12 @@ def check_finite(info: base.CycleInfo, cycle: int, finite: Finiteness | None = N
 
 
 def evaluate(evaluator: evaluation.Evaluator, algorithm, state) -> dict[str, float]:
+  # With several processes the device accuracies are sharded like the devices: gathered.
   consensus = evaluator.model(algorithm.consensus_params(state))
-  device_acc_N = np.asarray(evaluator.devices(algorithm.device_params(state)))
+  device_acc_N = sharding.to_host(evaluator.devices(algorithm.device_params(state)))
   return {
-      'consensus_accuracy': float(consensus.accuracy),
-      'loss': float(consensus.loss),
+      'consensus_accuracy': float(sharding.to_host(consensus.accuracy)),
+      'loss': float(sharding.to_host(consensus.loss)),
       'mean_device_accuracy': float(device_acc_N.mean()),
       'min_device_accuracy': float(device_acc_N.min()),
   }
