@@ -17,6 +17,8 @@ Sections (``--only``):
   (:mod:`benchmarks.waste`);
 * ``aggregation``: sparse group averaging for N = 64 .. 16,384 (:mod:`benchmarks.aggregation`);
 * ``scale``: 10,000 devices on MNIST, memory (:mod:`benchmarks.scale`);
+* ``memory``: peak resident memory of paper-like and many-devices runs, and what holds
+  it (:mod:`benchmarks.memory`);
 * ``compile``: compile time, no recompilation, cost of buckets (:mod:`benchmarks.compile_time`);
 * ``sharding``: 1 vs 2 host devices (:mod:`benchmarks.sharding_bench`).
 """
@@ -45,6 +47,7 @@ from benchmarks import common
 from benchmarks import compile_time
 from benchmarks import engine
 from benchmarks import flops
+from benchmarks import memory
 from benchmarks import scale
 from benchmarks import sharding_bench
 from benchmarks import waste
@@ -55,6 +58,7 @@ SECTIONS = {
     'waste': (waste, 'Masking waste, and what budget-sorted buckets save'),
     'aggregation': (aggregation, 'Aggregation: O(K M), not O(N^2 M)'),
     'scale': (scale, '10,000 devices: memory'),
+    'memory': (memory, 'Peak memory of whole runs, and what holds it'),
     'compile': (compile_time, 'Compile once, never recompile'),
     'sharding': (sharding_bench, 'Sharding the device axis: 1 vs 2 host devices'),
 }
@@ -81,6 +85,10 @@ def targets(results: dict[str, Any]) -> list[str]:
                f"{r['train_vs_matmul']:.2f}x")
     out.append(f"{'met' if r['eval_vs_train'] >= 1.0 else 'NOT met'}: evaluation >= training's "
                f"FLOP rate, {r['model']}: {r['eval_vs_train']:.2f}x")
+  for r in results.get('memory', {}).get('rows', []):
+    out.append(f"{'met' if r['peak_rss_bytes'] <= r['goal_bytes'] else 'NOT met'}: peak "
+               f"memory of a {r['scenario']} run <= {r['goal_bytes'] / 1e9:.1f} GB: "
+               f"{r['peak_rss_bytes'] / 1e9:.2f} GB")
   trap = results.get('engine', {}).get('conv_trap')
   if trap:
     eps = trap['examples_per_s']

@@ -9,6 +9,7 @@ from benchmarks import aggregation
 from benchmarks import common
 from benchmarks import engine
 from benchmarks import flops
+from benchmarks import memory
 from benchmarks import run
 from benchmarks import waste
 
@@ -55,3 +56,16 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
   assert 2 * weights <= per_example <= 2.5 * weights
   text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
   assert 'vector extensions' in text and '| small_mlp | 2 |' in text
+
+
+def test_memory_report_names_what_holds_the_memory():
+  held = dict(runtime=3e8, train_data=5e7, test_data=1e7, device_state=3e7,
+              cycle_temporaries=9e7, eval_consensus_temporaries=1e6,
+              eval_devices_temporaries=2e7)
+  row = dict(scenario='paper-like', num_devices=8, peak_rss_bytes=1.2e9, held_bytes=held,
+             goal_bytes=1.5e9)
+  text = memory.markdown({'rows': [row]})
+  assert '| paper-like | 8 | 1.20 | 1.50 | 0.30 | 0.05 | 0.01 | 0.03 | 0.09 | 0.00 / 0.02 |' in text
+  assert 'met: peak memory of a paper-like run <= 1.5 GB: 1.20 GB' in run.targets(
+      {'memory': {'rows': [row]}})
+  assert memory.markdown({'rows': [], 'skipped': 'no MNIST'}) == 'Skipped: no MNIST.\n'
