@@ -140,16 +140,14 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
         tag = point_tag(point)
         where = run_dir(workdir, name, tag, seed)
         label = f'{name} {tag} seed {seed}'
+        setup = setup or setups(seed)
+        cfg = apply_point(seeded(config, seed), name, point, setup.problem)
         if config.compare.get('cached_only'):
-          setup = setup or setups(seed)
-          cfg = apply_point(seeded(config, seed), name, point, setup.problem)
           rec = load_run(cfg, where)
           counter(label, rec and dataclasses.replace(rec, cached=True))
           if rec is None:
-            continue
+            continue  # Not run (CPU time): the point is listed as not run.
         else:
-          setup = setup or setups(seed)
-          cfg = apply_point(seeded(config, seed), name, point, setup.problem)
           rec = run_point(cfg, setup, evaluator, where, verbose)
           counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
                   f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
