@@ -104,12 +104,17 @@ def _describe(holder: dict) -> str:
 class PreemptionWatch:
   """Notices SIGTERM (and, on multi-host, JAX's preemption sync point).
 
-  Install it around a run: the previous SIGTERM handler is restored on exit. Only the
-  main thread can install a signal handler; elsewhere the watch only checks JAX's notice.
+  Install it around a run: the previous SIGTERM handler is restored on exit. A SIGTERM
+  that came too late for the run to act on it (during its last cycle, or while it wrote
+  its files) is not swallowed: on exit it is raised again for the previous handler (by
+  default the process ends, with the finished run's files complete), so a process
+  running many runs, like a comparison, still stops. Only the main thread can install a
+  signal handler; elsewhere the watch only checks JAX's notice.
   """
 
   def __init__(self):
     self.signalled = False
+    self.acted = False
     self._previous = None
 
   def _handler(self, signum, frame):  # pylint: disable=unused-argument
@@ -124,6 +129,8 @@ class PreemptionWatch:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+      if self.signalled and not self.acted:
+        signal.raise_signal(signal.SIGTERM)
 
   def should_stop(self, cycle: int) -> bool:
     """Whether to checkpoint and stop after ``cycle`` (every process agrees on it)."""
@@ -138,5 +145,7 @@ class PreemptionWatch:
         noticed = False
       # All processes must stop at the same cycle: a SIGTERM seen by one is shared.
       flags = multihost_utils.process_allgather(np.asarray(self.signalled))
-      return bool(noticed or flags.any())
-    return self.signalled
+      self.acted = bool(noticed or flags.any())
+      return self.acted
+    self.acted = self.signalled
+    return self.acted

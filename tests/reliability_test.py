@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -257,3 +258,25 @@ def test_a_batch_larger_than_a_shard_is_said_and_recorded(quick_config, tmp_path
     report = json.load(f)
   assert report['batch_size'] == 200
   assert report['devices_with_fewer_examples_than_a_batch'] == 8
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason='signal handlers can only be installed in the main thread')
+def test_a_sigterm_the_run_could_not_act_on_is_raised_again():
+  got = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: got.append('previous handler'))
+  try:
+    # SIGTERM during a run's last cycle: the run ends normally, then the process's own
+    # handler (by default: stop) gets the signal, so a comparison does not go on.
+    with workdir_lib.PreemptionWatch() as watch:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.01)
+    assert watch.signalled and got == ['previous handler']
+    # Acted on at a cycle boundary (checkpoint, stop): not raised again.
+    with workdir_lib.PreemptionWatch() as watch:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.01)
+      assert watch.should_stop(3)
+    assert got == ['previous handler']
+  finally:
+    signal.signal(signal.SIGTERM, previous)
