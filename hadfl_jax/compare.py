@@ -59,6 +59,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -361,6 +362,9 @@ def main(argv):
   except (validation.ConfigError, data_lib.DatasetError, train.DivergenceError,
           workdir_lib.WorkdirBusyError) as e:
     raise SystemExit(f'error: {e}') from None
+  except train.Preempted as e:  # Finished runs are cached: the same command goes on.
+    print(f'{e}; finished runs are kept in {flags_.workdir}/runs', file=sys.stderr)
+    raise SystemExit(143) from None
   if not flags_.quiet:
     with open(os.path.join(flags_.workdir, 'report.md')) as f:
       print(f.read())

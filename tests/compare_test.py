@@ -1,7 +1,11 @@
 """The comparison: the quick scenario end to end, the ranking, speedups and caching."""
 
+import ast
+import importlib
 import json
 import os
+import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -224,3 +228,44 @@ def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
   cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5, 'dfedavg.opt_state': 'keep'},
                             setup.problem)
   assert runs_lib.upgrade_run_key(old) != json.loads(json.dumps(runs_lib.run_key(cfg)))
+
+
+def _command_config(path):
+  """The config that a results/<scenario>/COMMAND's flags build (the packaged config its
+  --config names, then each --config.<field>=<value> in order)."""
+  lines = [line.strip() for line in path.read_text().splitlines()
+           if line.strip() and not line.strip().startswith('#')]
+  argv = shlex.split(' '.join(line.rstrip('\\') for line in lines))
+  argv = argv[argv.index('hadfl_jax.compare') + 1:]
+  name = argv[argv.index('--config') + 1]
+  config = importlib.import_module(f'hadfl_jax.configs.{name}').get_config()
+  for arg in argv:
+    if arg.startswith('--config.'):
+      field, _, text = arg[len('--config.'):].partition('=')
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+      *parents, last = field.split('.')
+      section = config
+      for part in parents:
+        section = section[part]
+      section[last] = value
+  return config
+
+
+def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
+  # results/quick_digits/COMMAND, run again, finds every run it needs finished in the
+  # committed runs/ and ablation/ and gives the committed results.
+  committed = fixtures.REPO / 'results' / 'quick_digits'
+  config = _command_config(committed / 'COMMAND')
+  config.compare.cached_only = True
+  shutil.copytree(committed, tmp_path / 'copy')
+  results = compare.compare(config, str(tmp_path / 'copy'), log=None)
+  with open(committed / 'results.json') as f:
+    expected = json.load(f)
+  assert json.loads(json.dumps(results['algorithms'])) == expected['algorithms']
+  # Only lr 1.6, run for AD-PSGD alone (whose best lr, 0.8, was then the grid's edge).
+  for name, r in results['algorithms'].items():
+    assert {p['lr'] for p in r['not_run']} == (set() if name == 'adpsgd' else {1.6}), name
+  assert results['ablation']['rows'] == expected['ablation']['rows']
