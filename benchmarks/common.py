@@ -10,6 +10,8 @@ whose cores other processes keep busy it measures the work done, not the waiting
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import resource
 import statistics
 import time
@@ -201,6 +203,15 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
     state, budgets_N = step(state)
     rows.append(np.asarray(budgets_N))
   return np.stack(rows)
+
+
+def write_result(out: str, name: str, title: str, result: dict[str, Any], text: str) -> None:
+  """Writes ``OUT/NAME.json`` (the figures) and ``OUT/NAME.md`` (``# title`` and ``text``)."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f'{name}.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(out, f'{name}.md'), 'w') as f:
+    f.write(f'# {title}\n\n{text}')
 
 
 def cpu_info() -> dict[str, Any]:

@@ -25,8 +25,6 @@ counts a loop's body once, which is why FLOP are taken from single steps and bat
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from typing import Any
 
@@ -160,12 +158,9 @@ def main(argv=None) -> int:
   parser.add_argument('--quick', action='store_true')
   args = parser.parse_args(argv)
   result = run(args.quick)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'flops.json'), 'w') as f:
-    json.dump(result, f, indent=2)
   text = markdown(result)
-  with open(os.path.join(args.out, 'flops.md'), 'w') as f:
-    f.write('# FLOP rates: training, evaluation and the matmul limit\n\n' + text)
+  common.write_result(args.out, 'flops', 'FLOP rates: training, evaluation and the matmul limit',
+                      result, text)
   print(text)
   return 0
 

@@ -119,11 +119,7 @@ def main(argv=None) -> int:
   result = run(args.quick)
   text = markdown(result)
   if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'memory.json'), 'w') as f:
-      json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, 'memory.md'), 'w') as f:
-      f.write('# Peak memory of whole runs\n\n' + text)
+    common.write_result(args.out, 'memory', 'Peak memory of whole runs', result, text)
   print(text)
   return 0
 
