@@ -40,7 +40,10 @@ about every ``eval_interval_s`` at first and then with a relative resolution of
 jitted cycle is cut to about ``eval_interval_s`` of simulated time (``ddp_steps``), so
 that its evaluation points are as fine as the others'. An algorithm whose own round is
 longer than the interval is evaluated after every round: that coarseness is real (its
-models only exist at round boundaries).
+models only exist at round boundaries). With ``refine_target`` (the default), the time to
+target is then resolved to the cycle: the first evaluation at or above the target has the
+consensus models of the cycles since the previous one evaluated, in order, and the first
+that reaches it gives the time (:func:`hadfl_jax.train.run`).
 
 **Stopping.** A run stops when it reaches the target (``stop_at_target``), after
 ``max_sim_time`` simulated seconds, or after ``num_cycles`` cycles; an algorithm that

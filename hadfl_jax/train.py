@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -279,6 +279,22 @@ def evaluate(evaluator: evaluation.Evaluator, algorithm, state) -> dict[str, flo
   }
 
 
+def refine_time_to_target(evaluator: evaluation.Evaluator,
+                          snapshots: Sequence[tuple[int, float, PyTree]],
+                          target_accuracy: float) -> list[dict]:
+  """Evaluates the consensus models of ``snapshots`` (``(cycle, sim_time_s, params)``,
+  in cycle order) until the first that reaches ``target_accuracy``; returns their rows."""
+  rows = []
+  for cycle, sim_time, params in snapshots:
+    result = evaluator.model(params)
+    rows.append({'cycle': cycle, 'sim_time_s': sim_time,
+                 'consensus_accuracy': float(sharding.to_host(result.accuracy)),
+                 'loss': float(sharding.to_host(result.loss))})
+    if rows[-1]['consensus_accuracy'] >= target_accuracy:
+      break
+  return rows
+
+
 def _write_rows(path: str, rows: list[dict]) -> None:
   """Writes ``metrics.jsonl`` atomically: one JSON object per line."""
   tmp = path + '.tmp'
@@ -369,8 +385,14 @@ class Progress:
   Attributes:
     ledger: the float64 clock and byte totals.
     history: the evaluation rows (what ``metrics.jsonl`` holds).
-    time_to_target_s: simulated seconds at the first evaluation at or above the target.
+    time_to_target_s: simulated seconds at the first evaluation at or above the target
+      (with ``refine_target``, at the first cycle whose consensus model reaches it, see
+      :func:`run`).
     cycle_at_target: the cycle of that evaluation.
+    refinement: with ``refine_target``, the consensus evaluations of the cycles between
+      the last scheduled evaluation below the target and the first at or above it
+      (``cycle``, ``sim_time_s``, ``consensus_accuracy``, ``loss``), in order, up to the
+      first that reaches it.
     wall: where this process's wall time went (not checkpointed, not a result):
       ``cycles_s`` (the jitted cycles, with their first compilation), ``eval_s`` (the
       evaluations, with theirs) and ``evaluations``.
@@ -380,17 +402,20 @@ class Progress:
   history: list[dict] = dataclasses.field(default_factory=list)
   time_to_target_s: float | None = None
   cycle_at_target: int | None = None
+  refinement: list[dict] = dataclasses.field(default_factory=list)
   wall: dict[str, float] = dataclasses.field(
-      default_factory=lambda: {'cycles_s': 0.0, 'eval_s': 0.0, 'evaluations': 0})
+      default_factory=lambda: {'cycles_s': 0.0, 'eval_s': 0.0, 'evaluations': 0,
+                               'refinement_evaluations': 0})
 
   def state_dict(self) -> dict[str, Any]:
     return {'ledger': self.ledger.state_dict(), 'history': list(self.history),
-            'time_to_target_s': self.time_to_target_s, 'cycle_at_target': self.cycle_at_target}
+            'time_to_target_s': self.time_to_target_s, 'cycle_at_target': self.cycle_at_target,
+            'refinement': list(self.refinement)}
 
   @classmethod
   def from_state_dict(cls, d: dict[str, Any]) -> 'Progress':
     return cls(Ledger.from_state_dict(d['ledger']), list(d['history']), d['time_to_target_s'],
-               d['cycle_at_target'])
+               d['cycle_at_target'], list(d.get('refinement', ())))
 
 
 def format_duration(seconds: float) -> str:
@@ -444,7 +469,7 @@ def _print_row(name: str, row: dict, time_left: TimeLeft) -> None:
 def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Evaluator, *,
         num_cycles: int, target_accuracy: float = 1.0, stop_at_target: bool = False,
         max_sim_time: float = 0.0, schedule: EvalSchedule | None = None,
-        progress: Progress | None = None, mesh=None,
+        refine_target: bool = False, progress: Progress | None = None, mesh=None,
         on_row: Callable[[dict], None] | None = None,
         on_cycle_end: Callable[[int, PyTree, Progress, bool], None] | None = None,
         verbose: bool = True) -> tuple[PyTree, Progress]:
@@ -466,6 +491,16 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     stop_at_target: stop once it is reached.
     max_sim_time: stop after this many simulated seconds (0: no limit).
     schedule: when to evaluate (default: after every cycle).
+    refine_target: resolve the time to target to the cycle, at the cost of a few
+      consensus-only evaluations once: the consensus model of every cycle after the last
+      scheduled evaluation is kept (a copy, on the accelerator) until the next; when that
+      evaluation is the first at or above the target, the kept models are evaluated in
+      order and the first that reaches it gives ``time_to_target_s`` and
+      ``cycle_at_target`` (``progress.refinement`` holds what was evaluated). The
+      scheduled evaluations, and so the curves, are unchanged; the target's first crossing
+      is looked for in that last interval only. Models kept before a checkpoint are not
+      in it: a run resumed between two evaluations refines over the cycles since it
+      resumed.
     progress: the record of the cycles done so far (default: none done).
     mesh: a ``jax.sharding.Mesh`` to shard the device axis over (default: no sharding).
     on_row: called with every evaluation row (e.g. to append it to a file).
@@ -496,6 +531,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
   time_left = TimeLeft(num_cycles, max_sim_time, ledger, bound=stop_at_target)
   cycle = ledger.cycles
   wall = progress.wall
+  kept = []  # refine_target: (cycle, sim time, consensus params) since the last evaluation.
   while cycle < num_cycles and not stopped():
     start = time.perf_counter()
     state, (info, finite) = cycle_fn(state, data)
@@ -505,7 +541,12 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     ledger.add(info)
     cycle += 1
     last = cycle == num_cycles or 0 < max_sim_time <= ledger.sim_time
-    if schedule.due(cycle, ledger.sim_time) or last:
+    due = schedule.due(cycle, ledger.sim_time) or last
+    if refine_target and not due and progress.time_to_target_s is None:
+      # A copy: the state's buffers are donated to the next cycle.
+      kept.append((cycle, ledger.sim_time,
+                   jax.tree.map(jnp.copy, algorithm.consensus_params(state))))
+    if due:
       schedule.evaluated(ledger.sim_time)
       trained = info.budgets_N > 0
       start = time.perf_counter()
@@ -524,6 +565,16 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
         _print_row(algorithm.name, row, time_left)
       if progress.time_to_target_s is None and row['consensus_accuracy'] >= target_accuracy:
         progress.time_to_target_s, progress.cycle_at_target = row['sim_time_s'], row['cycle']
+        if kept:
+          start = time.perf_counter()
+          progress.refinement = refine_time_to_target(evaluator, kept, target_accuracy)
+          wall['eval_s'] += time.perf_counter() - start
+          wall['refinement_evaluations'] += len(progress.refinement)
+          first = progress.refinement[-1]
+          if first['consensus_accuracy'] >= target_accuracy:
+            progress.time_to_target_s, progress.cycle_at_target = (first['sim_time_s'],
+                                                                   first['cycle'])
+      kept.clear()
     if on_cycle_end is not None:
       on_cycle_end(cycle, state, progress, last or stopped())
   return state, progress
@@ -542,6 +593,7 @@ def summarize(algorithm: base.Algorithm, problem: base.Problem, progress: Progre
       'target_accuracy': target_accuracy,
       'time_to_target_s': progress.time_to_target_s,
       'cycle_at_target': progress.cycle_at_target,
+      **({'target_refinement': progress.refinement} if progress.refinement else {}),
       'final_consensus_accuracy': final['consensus_accuracy'],
       'best_consensus_accuracy': max(r['consensus_accuracy'] for r in history),
       'final_mean_device_accuracy': final['mean_device_accuracy'],
@@ -706,7 +758,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
           algorithm, state, setup.device_data, evaluator, num_cycles=config.num_cycles,
           target_accuracy=config.target_accuracy, stop_at_target=bool(config.stop_at_target),
           max_sim_time=config.max_sim_time,
-          schedule=EvalSchedule.from_config(config, progress.history), progress=progress,
+          schedule=EvalSchedule.from_config(config, progress.history),
+          refine_target=bool(config.refine_target), progress=progress,
           mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end, verbose=verbose)
     except Preempted:
       checkpoints.close()  # The checkpoint is complete before the process goes.

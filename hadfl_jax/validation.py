@@ -210,6 +210,7 @@ def validate(config, *, algorithms: Sequence[str] | None = None) -> None:
   _number(config, 'device_eval_examples', low=1, integer=True)
   _number(config, 'target_accuracy', low=0, high=1, low_open=True)
   _bool(config, 'stop_at_target')
+  _bool(config, 'refine_target')
   _number(config, 'checkpoint_every', low=0, integer=True)
 
 

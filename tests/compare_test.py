@@ -216,12 +216,16 @@ def test_ablation_over_seeds(tmp_path):
 def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
   # Run keys written before each algorithm had its own config section (then one
   # `baselines` section served all; tests/testdata holds one, of D-FedAvg at H=5, lr 0.05)
-  # are read in today's form, so such cached runs are found.
+  # are read in today's form, so such cached runs are found; so are keys written before
+  # refine_target (their times to target are the scheduled evaluations': False).
   with open(fixtures.REPO / 'tests' / 'testdata' / 'run_key_before_sections.json') as f:
     old = json.load(f)
   config.hadfl.weights = 'data'
   config.target_accuracy, config.max_sim_time = 0.95, 60.0
   setup = train.build_setup(config)
+  cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5}, setup.problem)
+  assert runs_lib.upgrade_run_key(old) != json.loads(json.dumps(runs_lib.run_key(cfg)))
+  config.refine_target = False
   cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5}, setup.problem)
   assert runs_lib.upgrade_run_key(old) == json.loads(json.dumps(runs_lib.run_key(cfg)))
   # A different value of the algorithm's own section is another run.

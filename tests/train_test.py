@@ -58,6 +58,34 @@ def test_time_to_target_is_the_first_evaluation_reaching_it(quick_config, tmp_pa
   assert summary['cycle_at_target'] == first['cycle']
 
 
+def test_refined_time_to_target_is_that_of_evaluating_every_cycle(quick_config, tmp_path):
+  # The reference: evaluated after every cycle, no refinement.
+  quick_config.refine_target = False
+  quick_config.eval_every = 1
+  train.train_and_evaluate(quick_config, str(tmp_path / 'every'))
+  every, _ = _read(tmp_path / 'every')
+  acc = [r['consensus_accuracy'] for r in every]
+  # A target first crossed at a cycle that the coarse schedule (every 3) does not evaluate.
+  first = max(c for c in (1, 2, 4, 5) if acc[c - 1] > max(acc[:c - 1], default=0.0))
+  quick_config.target_accuracy = acc[first - 1]
+  quick_config.stop_at_target = True
+  quick_config.eval_every = 3
+  scheduled = train.train_and_evaluate(quick_config, str(tmp_path / 'scheduled'))
+  quick_config.refine_target = True
+  refined = train.train_and_evaluate(quick_config, str(tmp_path / 'refined'))
+  assert scheduled['cycle_at_target'] == 3 * (first // 3 + 1)
+  assert 'target_refinement' not in scheduled
+  assert refined['cycle_at_target'] == first
+  assert refined['time_to_target_s'] == every[first - 1]['sim_time_s']
+  # What was evaluated: the cycles after the last evaluation below the target, up to it.
+  rows = refined['target_refinement']
+  assert [r['cycle'] for r in rows] == list(range(3 * (first // 3) + 1, first + 1))
+  assert [r['consensus_accuracy'] for r in rows] == pytest.approx(acc[rows[0]['cycle'] - 1:first],
+                                                                  abs=1e-6)
+  # The scheduled evaluations, the curves, are those of the unrefined run.
+  assert _read(tmp_path / 'refined')[0] == _read(tmp_path / 'scheduled')[0]
+
+
 def test_ledger_matches_bytes_of_the_spec(quick_config, tmp_path):
   # rho = 1: every cycle all 8 devices ring-all-reduce the 4,810-parameter model.
   quick_config.hadfl.rho = 1.0

@@ -187,6 +187,7 @@ INVALID = {
     'device_eval_examples': _numbers(low=1, integer=True),
     'target_accuracy': _numbers(low=0, high=1, low_open=True),
     'stop_at_target': _NOT_BOOLS,
+    'refine_target': _NOT_BOOLS,
     'checkpoint_every': _numbers(low=0, integer=True),
     **TYPED,
 }

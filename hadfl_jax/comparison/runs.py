@@ -313,15 +313,17 @@ _OLD_BASELINE_FIELDS = {
 
 
 def upgrade_run_key(key: dict) -> dict:
-  """A run key written before the per-algorithm sections, in today's form (else as is).
+  """A run key written by an earlier version, in today's form.
 
-  Then one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
+  Before ``refine_target`` existed, runs resolved the time to target to the scheduled
+  evaluations (``refine_target`` False). Before the per-algorithm sections, one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
   coordinator's ``speed_ema`` lived in ``profile``, and there were no ``loss`` and
   ``imports`` fields (cross-entropy, nothing imported). The runs computed the same
   numbers (``tests/compare_test.py`` checks the upgrade), so cached runs stay usable.
   """
   key = json.loads(json.dumps(key))
   _drop_locations(key)
+  key.setdefault('refine_target', False)
   if 'baselines' not in key:
     return key
   baselines, hadfl = key.pop('baselines'), key.pop('hadfl')
