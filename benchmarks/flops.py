@@ -16,7 +16,8 @@ cores). Rates:
 
 Evaluation is measured with each convolution implementation (``patches``, the one that
 keeps the vmapped training loop fast on CPU, and ``lax``, XLA's native convolution) and
-with the one :func:`hadfl_jax.evaluation.inference_apply` chooses. XLA's cost analysis
+with the one :func:`hadfl_jax.evaluation.inference_module` chooses (measured,
+:mod:`hadfl_jax.core.autotune`). XLA's cost analysis
 counts a loop's body once, which is why FLOP are taken from single steps and batches.
 
   python -m benchmarks.flops --out benchmarks/results     # about a minute on 2 cores
@@ -37,6 +38,7 @@ from benchmarks import common
 from benchmarks import engine
 from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
+from hadfl_jax.core import autotune
 from hadfl_jax.core import local
 
 MATMUL_N = 2048
@@ -80,9 +82,19 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   optimizer = optax.sgd(0.01, momentum=0.9)
   data = common.random_device_data(num_devices, engine.PER_DEVICE)
   devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
-  step = local.make_device_step(model.apply, optimizer, engine.BATCH)
-  train = engine._engine(step, devices, data,  # pylint: disable=protected-access
-                         engine.default_schedule(model, params, optimizer))
+  schedule = engine.default_schedule(model, params, optimizer)
+  # Training with the convolution autotune chooses here (what runs use), and with each.
+  chosen_train = autotune.training_conv_impl(
+      model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
+      width=min(num_devices, schedule.max_width or num_devices))
+  impls = {'train': chosen_train, **{f'train/{impl}': impl for impl in autotune.conv_impls(model)}}
+  trains, device_steps = {}, {}
+  for name, impl in impls.items():
+    device_steps[name] = local.make_device_step(autotune.with_conv_impl(model, impl).apply,
+                                                optimizer, engine.BATCH)
+    trains[name] = engine._engine(device_steps[name], devices, data,  # pylint: disable=protected-access
+                                  schedule)
+  step = device_steps['train']
   opt_state = optimizer.init(params)
   step_flops = cost_flops(
       lambda p, o: step(p, o, jax.random.PRNGKey(0), 0, data.images[0], data.labels[0],
@@ -92,7 +104,8 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   params_N = jax.tree.map(lambda x: jnp.stack([x] * num_devices), params)
   x_B = jnp.zeros((EVAL_BATCH,) + common.IMAGE_SHAPE, jnp.float32)
   forward_flops = cost_flops(lambda p, x: model.apply({'params': p}, x), params, x_B)
-  fns = {'train': lambda: train(steps), 'matmul': None}
+  fns = {name: (lambda train=train: train(steps)) for name, train in trains.items()}
+  fns['matmul'] = None
   # What the runs use (Evaluator.for_model), and the alternatives: each convolution,
   # device models vmapped 64 at a time (here all N) or one at a time.
   evaluators = {'chosen': evaluation.Evaluator.for_model(model, test, EVAL_BATCH,
@@ -111,7 +124,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   fns.pop('matmul')
   timings = common.interleaved_timings(fns, repeats)
   limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
-  flops = {'train': step_flops * num_devices * steps}
+  flops = {name: step_flops * num_devices * steps for name in trains}
   for name in evaluators:
     flops[f'eval_consensus/{name}'] = forward_flops * TEST_EXAMPLES / EVAL_BATCH
     flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
@@ -124,7 +137,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit,
               eval_vs_train=chosen_eval / rates['train'],
-              chosen_conv=getattr(evaluation.inference_module(model), 'conv_impl', None))
+              chosen_conv=evaluators['chosen'].conv_impl, chosen_train_conv=chosen_train)
 
 
 
@@ -146,7 +159,8 @@ def markdown(result: dict[str, Any]) -> str:
       lines.append(f'| {r["model"]} | {r["num_devices"]} | {r["matmul_flops_per_s"] / 1e9:.0f} '
                    f'| {what} | {rate / 1e9:.1f} | {rate / r["matmul_flops_per_s"]:.2f} | '
                    f'{rate / train:.2f} |')
-    lines += ['', f'Training / matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
+    lines += ['', f'Training (with the chosen convolution `{r.get("chosen_train_conv")}`) / '
+              f'matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
               f'Evaluation (the slower of consensus and devices, with the chosen convolution '
               f'`{r["chosen_conv"]}`) / training: {r["eval_vs_train"]:.2f} (goal >= 1.0).']
   return '\n'.join(lines) + '\n'

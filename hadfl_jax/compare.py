@@ -316,14 +316,17 @@ def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> 
   evaluator = evaluation.Evaluator.for_model(setup.problem.model, setup.test,
                                              config.eval_batch_size,
                                              config.device_eval_examples,
-                                             task=setup.problem.task)
+                                             task=setup.problem.task,
+                                             conv_impl=validation.engine_config(config).conv_impl)
   wall = time.perf_counter()
   tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
   results = {'algorithms': summarise(tuned), 'seeds': list(seeds),
              'confidence': stats.CONFIDENCE, 'target_accuracy': config.target_accuracy,
              'eval_interval_s': eval_interval(config, setup.problem),
              'eval_growth': float(config.compare.get('eval_growth', 0.1)),
-             'max_sim_time_s': config.max_sim_time, 'machine': machine.describe()}
+             'max_sim_time_s': config.max_sim_time,
+             'machine': {**machine.describe(),
+                         'implementation': train.implementation(setup, evaluator)}}
   # What an algorithm's module says of its configuration (e.g. D-PSGD's graph).
   results['descriptions'] = {
       name: algorithms.ALGORITHMS.get(name).describe(validation.algorithm_config(config, name),

@@ -15,29 +15,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hadfl_jax.core import autotune
 from hadfl_jax.core import task as task_lib
 
 PyTree = Any
 
 
-def inference_module(model):
-  """The model as evaluation runs it: the same parameters, with XLA's native convolution
-  (``conv_impl='lax'``) where the model has a choice.
+def inference_module(model, input_shape: tuple[int, ...], batch_size: int = 1000,
+                     conv_impl: str = 'auto'):
+  """The model as evaluation runs it: the same parameters, with the convolution that is
+  faster for one model on batches of ``batch_size`` examples of ``input_shape`` on this
+  machine (:func:`hadfl_jax.core.autotune.inference_conv_impl`, for ``conv_impl='auto'``),
+  where the model has a choice.
 
-  Training runs the ``patches`` convolution, the fast one inside the vmapped loop of
-  small per-device batches; one model on batches of 1,000 test images is the opposite case,
-  where the native convolution is several times faster on CPU (``benchmarks/flops.py``
-  measures both) and is the natural choice on accelerators. The parameter tree is the same,
-  so the choice changes results only by float rounding.
+  Training's convolution is chosen for the vmapped loop of small per-device batches; one
+  model on batches of 1,000 test images is the opposite case (on CPU the native
+  convolution was several times faster there, ``benchmarks/flops.py``). The parameter tree
+  is the same, so the choice changes results only by float rounding.
   """
-  if 'conv_impl' in getattr(model, '__dataclass_fields__', {}):
-    return model.clone(conv_impl='lax')
-  return model
-
-
-def inference_apply(model) -> Callable[..., jax.Array]:
-  """``inference_module(model).apply``."""
-  return inference_module(model).apply
+  if not autotune.conv_impls(model):
+    return model
+  if conv_impl == 'auto':
+    x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+    params = model.init(jax.random.PRNGKey(0), x)['params']
+    conv_impl = autotune.inference_conv_impl(model, params, input_shape, batch_size)
+  return autotune.with_conv_impl(model, conv_impl)
 
 
 class Evaluation(NamedTuple):
@@ -96,24 +98,30 @@ class Evaluator:
     self._device_chunk = device_chunk
     self.model = jax.jit(self._evaluate_model)
     self.devices = jax.jit(self._evaluate_devices)
+    self.conv_impl: str | None = None  # The convolution it runs, where there is a choice.
 
   @classmethod
   def for_model(cls, model, test, batch_size: int = 1000, device_examples: int = 1000,
-                device_chunk: int = 64, task: task_lib.Task | None = None) -> 'Evaluator':
+                device_chunk: int = 64, task: task_lib.Task | None = None,
+                conv_impl: str = 'auto') -> 'Evaluator':
     """The evaluator of a flax model, fast on every model.
 
-    The consensus model runs through :func:`inference_apply` (one model, large batches:
-    the native convolution). Device models of a model with a convolution choice run one
-    at a time the same way (``device_chunk`` 1): vmapped over per-device weights a native
+    The consensus model runs through :func:`inference_module` (one model, large batches:
+    the convolution measured fastest there, for ``conv_impl='auto'``; ``conv_impl`` names
+    one otherwise). Device models of a model with a convolution choice run one at a time
+    the same way (``device_chunk`` 1): vmapped over per-device weights a native
     convolution becomes a grouped one, and the patches convolution's activations for many
     devices x 1,000 images fall out of cache (``benchmarks/flops.py`` measured both at
     under half the single-model rate on CPU). Dense models keep ``device_chunk`` devices
     per step: there, vmapping turns small matmuls into batched ones.
     """
-    if inference_module(model) is model:
+    if not autotune.conv_impls(model):
       return cls(model.apply, test, batch_size, device_examples, device_chunk, task)
-    apply_fn = inference_apply(model)
-    return cls(apply_fn, test, batch_size, device_examples, 1, task)
+    batch_size = min(batch_size, len(test.labels))
+    module = inference_module(model, test.images.shape[1:], batch_size, conv_impl)
+    evaluator = cls(module.apply, test, batch_size, device_examples, 1, task)
+    evaluator.conv_impl = module.conv_impl
+    return evaluator
 
   def _evaluate_model(self, params: PyTree) -> Evaluation:
     def batch_stats(batch):

@@ -46,6 +46,7 @@ from hadfl_jax import tensorboard
 from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.algorithms import base
+from hadfl_jax.core import autotune
 from hadfl_jax.core import profiles
 from hadfl_jax.core import task as task_lib
 
@@ -64,6 +65,8 @@ class Setup:
   device_data: data_lib.DeviceData
   test: data_lib.Split
   partition_report: dict
+  # Implementation choices of this machine (autotune; recorded in timing.json).
+  implementation: dict = dataclasses.field(default_factory=dict)
 
 
 def build_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -107,21 +110,43 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   device_data = data_lib.DeviceData.from_partition(train.images, train.labels, parts)
   model = models_lib.get_model(config.model, train.num_classes)
   init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-  init_params = model.init(init_key, jnp.zeros((1,) + train.images.shape[1:], jnp.float32))
+  input_shape = tuple(train.images.shape[1:])
+  init_params = model.init(init_key, jnp.zeros((1,) + input_shape, jnp.float32))
+  optimizer = optim.make_optimizer(validation.optimizer_config(config))
+  task = task_lib.Task.from_loss(config.loss)
+  # The convolution of local training, measured on this machine where the model has a
+  # choice (engine.conv_impl; the parameters do not depend on it).
+  engine = validation.engine_config(config)
+  params = init_params['params']
+  impl = autotune.training_conv_impl(
+      model, params, optimizer, task, config.batch_size, input_shape,
+      width=engine.loop_width(model.apply, params, optimizer.init(params), config.batch_size,
+                              input_shape, config.num_devices),
+      setting=engine.conv_impl)
+  model = autotune.with_conv_impl(model, impl)
   problem = base.Problem(
       model=model,
-      optimizer=optim.make_optimizer(validation.optimizer_config(config)),
-      init_params=init_params['params'],
+      optimizer=optimizer,
+      init_params=params,
       profile=profiles.make_profile(validation.profile_config(config), config.num_devices,
                                     config.seed),
       num_examples_N=np.asarray([len(p) for p in parts], np.int64),
       batch_size=config.batch_size,
-      input_shape=tuple(train.images.shape[1:]),
-      task=task_lib.Task.from_loss(config.loss),
+      input_shape=input_shape,
+      task=task,
       faults=validation.faults_config(config),
       bytes_per_param=validation.profile_config(config).bytes_per_param,
   )
-  return Setup(problem, device_data, test, report)
+  return Setup(problem, device_data, test, report,
+               {} if impl is None else {'training_conv': impl})
+
+
+def implementation(setup: Setup, evaluator: evaluation.Evaluator) -> dict:
+  """What ran how on this machine: the setup's choices and the evaluator's."""
+  out = dict(setup.implementation)
+  if evaluator.conv_impl is not None:
+    out['inference_conv'] = evaluator.conv_impl
+  return out
 
 
 def build_algorithm(config: ml_collections.ConfigDict,
@@ -692,7 +717,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   if evaluator is None:
     evaluator = evaluation.Evaluator.for_model(
         problem.model, setup.test, config.eval_batch_size, config.device_eval_examples,
-        task=problem.task)
+        task=problem.task, conv_impl=validation.engine_config(config).conv_impl)
   state = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
   # The device axis sharded over the accelerators (a no-op mesh of one on a laptop).
   mesh = sharding.make_mesh(sharding.mesh_size(validation.engine_config(config)))
@@ -782,7 +807,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     _write_json(summary_path, summary)
     _write_json(os.path.join(workdir, 'timing.json'),
                 {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from,
-                 **progress.wall})
+                 **progress.wall, 'implementation': implementation(setup, evaluator)})
     if verbose:
       print(format_summary(summary, wall_time), flush=True)
   return summary

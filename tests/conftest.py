@@ -29,6 +29,22 @@ def _shared_compilation_cache(compilation_cache_dir):
     yield
 
 
+@pytest.fixture(scope='session', autouse=True)
+def _autotune_cache(tmp_path_factory):
+  """Implementation choices measured by the tests go to the session's directory, not to
+  the user's ~/.cache."""
+  import os  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.core import autotune  # pylint: disable=g-import-not-at-top
+
+  before = os.environ.get(autotune.CACHE_ENV)
+  os.environ[autotune.CACHE_ENV] = str(tmp_path_factory.mktemp('autotune') / 'autotune.json')
+  yield
+  if before is None:
+    os.environ.pop(autotune.CACHE_ENV)
+  else:
+    os.environ[autotune.CACHE_ENV] = before
+
+
 def _registries():
   import hadfl_jax  # pylint: disable=g-import-not-at-top
 

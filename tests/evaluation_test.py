@@ -50,9 +50,14 @@ def test_evaluator_for_model_matches_a_plain_loop(name, shape):
     assert device_acc[i] == pytest.approx(dev)
 
 
-def test_convolutional_models_evaluate_with_the_native_convolution():
-  cnn = models.get_model('cnn', 10)
-  assert cnn.conv_impl == 'patches'  # Training's convolution.
-  assert evaluation.inference_module(cnn).conv_impl == 'lax'
+def test_evaluation_runs_the_named_or_measured_convolution():
+  cnn = models.get_model('digits_cnn', 10)
+  assert cnn.conv_impl == 'patches'
+  for impl in ('patches', 'lax'):
+    assert evaluation.inference_module(cnn, (8, 8, 1), 16, conv_impl=impl).conv_impl == impl
+  split = _split(37, (8, 8, 1))
+  assert evaluation.Evaluator.for_model(cnn, split, 16, 20, conv_impl='lax').conv_impl == 'lax'
+  assert evaluation.Evaluator.for_model(cnn, split, 16, 20).conv_impl in ('patches', 'lax')
   mlp = models.get_model('small_mlp', 10)
-  assert evaluation.inference_module(mlp) is mlp
+  assert evaluation.inference_module(mlp, (28, 28, 1)) is mlp
+  assert evaluation.Evaluator.for_model(mlp, _split(5, (28, 28, 1))).conv_impl is None

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from hadfl_jax import sharding
 from hadfl_jax import typed_config as tc
+from hadfl_jax.core import autotune
 from hadfl_jax.core import device_data
 from hadfl_jax.core import faults as faults_lib
 from hadfl_jax.core import local
@@ -46,6 +47,10 @@ class EngineConfig(tc.Section):
       f'blocking); None: {local.CPU_BUCKET_MIB:g} on CPU, no limit on GPU/TPU; 0: no limit')
   mesh_shards: int = tc.integer(0, low=0, doc='accelerators the device axis is sharded '
                                 'over; 0 = all')
+  conv_impl: str = tc.choice('auto', autotune.CHOICES,
+                             doc="convolution of models that offer a choice; 'auto': the "
+                             'faster for training and for evaluation, each measured on this '
+                             'machine (hadfl_jax/core/autotune.py)')
   distributed: bool = tc.boolean(False, doc='multi-host: jax.distributed.initialize() first')
   coordinator_address: str | None = tc.string(None, optional=True)
   num_processes: int | None = tc.integer(None, low=1, optional=True)
@@ -68,6 +73,18 @@ class EngineConfig(tc.Section):
 
   def resolved_bucket_mib(self) -> float:
     return local.default_bucket_mib() if self.bucket_mib is None else self.bucket_mib
+
+  def loop_width(self, apply_fn, params: PyTree, opt_state: PyTree, batch_size: int,
+                 input_shape: tuple[int, ...], num_devices: int) -> int:
+    """How many devices one masked loop vmaps at most: a shard's, cut to the sub-bucket
+    that fits ``bucket_mib`` (:meth:`LocalTrainer.schedule_for`)."""
+    width = max(1, num_devices // sharding.mesh_size(self))
+    mib = self.resolved_bucket_mib()
+    if mib > 0:
+      x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
+      bytes_per_device = local.device_working_set_bytes(apply_fn, params, opt_state, x_B)
+      width = min(width, local.max_width_for_bytes(bytes_per_device, mib * 2**20))
+    return width
 
 
 class LocalTrainer:

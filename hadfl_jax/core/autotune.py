@@ -1,0 +1,210 @@
+"""Implementation choices made by measurement on the machine at hand, and cached.
+
+Some computations have several implementations with the same parameters and the same
+results up to float rounding, and which one is fastest depends on the machine and on the
+shape of the work, not on the model alone. The convolution is the case in point
+(``docs/spec.md``, "A known trap"): inside the vmapped loop of small per-device batches
+the ``patches`` convolution (shifted slices and one matmul) is the fast one on CPU, while
+one model on batches of a thousand test images runs several times faster with XLA's
+native convolution, the natural choice on GPUs and TPUs too. One default for every machine
+is wrong somewhere, so with ``engine.conv_impl = 'auto'`` (the default) each is timed where
+it runs:
+
+* :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices, as
+  the engine's masked loop runs them (:class:`hadfl_jax.core.engine.LocalTrainer`);
+* :func:`inference_conv_impl`: one forward pass of the model on an evaluation batch
+  (:class:`hadfl_jax.evaluation.Evaluator`).
+
+A choice is measured once per machine and shape: it is kept in memory and in a JSON file
+(``$HADFL_JAX_AUTOTUNE_CACHE``, default ``~/.cache/hadfl_jax/autotune.json``; an empty value
+keeps choices in memory only), keyed by what was timed (the model, the shapes, the
+optimizer) and the machine (backend, device kind, CPU model and vector extensions, JAX
+version), with the times that decided it. The parameter tree is the same for every
+implementation, so checkpoints, run keys and results do not depend on the choice beyond
+float rounding. With several processes, process 0's choice is broadcast so that every
+process compiles the same program.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hadfl_jax import machine
+
+PyTree = Any
+
+CACHE_ENV = 'HADFL_JAX_AUTOTUNE_CACHE'
+CHOICES = ('auto', 'patches', 'lax')  # engine.conv_impl
+_memory: dict[str, dict] = {}
+
+
+def cache_path() -> str | None:
+  """The JSON file of choices (``$HADFL_JAX_AUTOTUNE_CACHE``, empty for none)."""
+  path = os.environ.get(CACHE_ENV)
+  if path is None:
+    path = os.path.join(os.path.expanduser('~'), '.cache', 'hadfl_jax', 'autotune.json')
+  return path or None
+
+
+def machine_key() -> dict:
+  """What a measurement depends on besides the work: the machine and the compiler."""
+  device = jax.devices()[0]
+  cpu, flags = machine.cpu_model_and_vector_extensions()
+  return {'backend': jax.default_backend(), 'device_kind': device.device_kind,
+          'cpu': cpu, 'vector_extensions': flags, 'jax': jax.__version__}
+
+
+def _load(path: str | None) -> dict:
+  if not path or not os.path.exists(path):
+    return {}
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    logging.warning('autotune: ignoring the unreadable cache %s', path)
+    return {}
+
+
+def _store(path: str | None, key: str, entry: dict) -> None:
+  if not path or jax.process_index() != 0:
+    return
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    table = _load(path)
+    table[key] = entry
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(table, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as e:  # A read-only home: the choice is still kept in memory.
+    logging.warning('autotune: cannot write %s (%s)', path, e)
+
+
+def time_call(fn: Callable[..., Any], *args, repeats: int = 3) -> float:
+  """Seconds of one call of ``fn(*args)`` once compiled: the best of ``repeats``."""
+  jax.block_until_ready(fn(*args))  # Compiles and warms up.
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def choose(what: str, work: Mapping[str, Any],
+           candidates: Mapping[str, Callable[[], float]], *,
+           path: str | None = None) -> str:
+  """The fastest of ``candidates`` (name -> a function that times it, in seconds) for
+  ``work`` on this machine, from the cache if it was measured before.
+
+  Args:
+    what: the computation (``'training_conv'``, ``'inference_conv'``).
+    work: what the timing depends on besides the machine (shapes, model, ...; JSON).
+    candidates: the implementations and how to time each.
+    path: the cache file (default :func:`cache_path`).
+
+  Returns:
+    The name of the fastest candidate (process 0's, with several processes).
+  """
+  names = sorted(candidates)
+  if len(names) == 1:
+    return names[0]
+  path = cache_path() if path is None else path
+  key = json.dumps({'what': what, 'work': work, 'machine': machine_key()}, sort_keys=True,
+                   default=str)
+  entry = _memory.get(key) or _load(path).get(key)
+  if entry is None or entry.get('choice') not in candidates:
+    seconds = {name: float(candidates[name]()) for name in names}
+    entry = {'choice': min(names, key=seconds.__getitem__), 'seconds': seconds,
+             'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
+    logging.info('autotune %s: %s (%s)', what, entry['choice'],
+                 ', '.join(f'{n} {s * 1e3:.2f} ms' for n, s in seconds.items()))
+    _store(path, key, entry)
+  _memory[key] = entry
+  choice = entry['choice']
+  if jax.process_count() > 1:  # Every process must compile the same program.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    index = multihost_utils.broadcast_one_to_all(np.int32(names.index(choice)))
+    choice = names[int(index)]
+  return choice
+
+
+def conv_impls(model) -> tuple[str, ...]:
+  """The convolution implementations ``model`` offers (none for a model without a
+  ``conv_impl`` field)."""
+  from hadfl_jax.models import layers  # pylint: disable=g-import-not-at-top
+  if 'conv_impl' in getattr(model, '__dataclass_fields__', {}):
+    return tuple(layers.CONV_IMPLS)
+  return ()
+
+
+def with_conv_impl(model, impl: str):
+  """``model`` with convolution ``impl`` (itself where it has no choice)."""
+  return model.clone(conv_impl=impl) if conv_impls(model) else model
+
+
+def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
+                       input_shape: tuple[int, ...], width: int, setting: str = 'auto',
+                       steps: int = 4) -> str | None:
+  """The convolution of local training: ``setting`` unless ``'auto'``, else the faster
+  on ``steps`` local steps of ``width`` devices vmapped in a ``lax.fori_loop`` (the
+  engine's loop), at ``batch_size`` examples of ``input_shape``. None: no choice."""
+  impls = conv_impls(model)
+  if not impls:
+    return None
+  if setting != 'auto':
+    return setting
+  from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
+  opt_state = optimizer.init(params)
+  stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
+  params_W, opt_state_W = stack(params), stack(opt_state)
+  pool = 4 * batch_size
+  images = jax.random.normal(jax.random.PRNGKey(0), (width, pool) + tuple(input_shape))
+  labels = jnp.zeros((width, pool), jnp.int32)
+  count = jnp.full((width,), pool, jnp.int32)
+  keys = jax.random.split(jax.random.PRNGKey(1), width)
+
+  def timer(impl: str) -> Callable[[], float]:
+    step = jax.vmap(local.make_device_step(with_conv_impl(model, impl).apply, optimizer,
+                                           batch_size, task))
+
+    @jax.jit
+    def loop(params_W, opt_state_W):
+      def body(i, carry):
+        p, o, _ = carry
+        return step(p, o, keys, jnp.full((width,), i), images, labels, count)
+      return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
+
+    return lambda: time_call(loop, params_W, opt_state_W)
+
+  work = {'model': repr(model), 'optimizer': repr(optimizer), 'batch_size': batch_size,
+          'input_shape': list(input_shape), 'width': width}
+  return choose('training_conv', work, {impl: timer(impl) for impl in impls})
+
+
+def inference_conv_impl(model, params: PyTree, input_shape: tuple[int, ...],
+                        batch_size: int, setting: str = 'auto') -> str | None:
+  """The convolution of evaluation: ``setting`` unless ``'auto'``, else the faster on one
+  forward pass of ``batch_size`` examples of ``input_shape``. None: no choice."""
+  impls = conv_impls(model)
+  if not impls:
+    return None
+  if setting != 'auto':
+    return setting
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch_size,) + tuple(input_shape))
+
+  def timer(impl: str) -> Callable[[], float]:
+    forward = jax.jit(with_conv_impl(model, impl).apply)
+    return lambda: time_call(forward, {'params': params}, x)
+
+  work = {'model': repr(model), 'batch_size': batch_size, 'input_shape': list(input_shape)}
+  return choose('inference_conv', work, {impl: timer(impl) for impl in impls})

@@ -1,0 +1,99 @@
+"""Implementation choices by measurement: the fastest wins, once per machine and shape."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from hadfl_jax import models
+from hadfl_jax import train
+from hadfl_jax.core import autotune
+
+
+def _timers(seconds, calls):
+  def timer(name):
+    def measure():
+      calls.append(name)
+      return seconds[name]
+    return measure
+  return {name: timer(name) for name in seconds}
+
+
+def test_the_fastest_is_chosen_measured_once_and_cached(tmp_path, monkeypatch):
+  path = str(tmp_path / 'choices.json')
+  calls = []
+  work = {'shape': [8, 8]}
+  assert autotune.choose('x', work, _timers({'a': 2.0, 'b': 1.0}, calls), path=path) == 'b'
+  assert sorted(calls) == ['a', 'b']
+  (entry,) = json.loads(open(path).read()).values()
+  assert entry['choice'] == 'b' and entry['seconds'] == {'a': 2.0, 'b': 1.0}
+  # Measured again by nobody, in this process or another (the file): the choice stays.
+  monkeypatch.setattr(autotune, '_memory', {})
+  assert autotune.choose('x', work, _timers({'a': 0.5, 'b': 1.0}, calls), path=path) == 'b'
+  assert len(calls) == 2
+  # Other work, or another machine, is measured.
+  assert autotune.choose('x', {'shape': [4]}, _timers({'a': 0.5, 'b': 1.0}, calls),
+                         path=path) == 'a'
+  monkeypatch.setattr(autotune, 'machine_key', lambda: {'backend': 'other'})
+  assert autotune.choose('x', work, _timers({'a': 0.5, 'b': 1.0}, calls), path=path) == 'a'
+  assert len(calls) == 6
+  assert len(json.loads(open(path).read())) == 3
+
+
+def test_an_unreadable_cache_is_measured_again_and_no_file_when_disabled(tmp_path, monkeypatch):
+  monkeypatch.setattr(autotune, '_memory', {})
+  path = tmp_path / 'choices.json'
+  path.write_text('{not json')
+  calls = []
+  assert autotune.choose('y', {}, _timers({'a': 1.0, 'b': 3.0}, calls), path=str(path)) == 'a'
+  assert calls and json.loads(path.read_text())
+  monkeypatch.setattr(autotune, '_memory', {})
+  monkeypatch.setenv(autotune.CACHE_ENV, '')
+  assert autotune.cache_path() is None
+  assert autotune.choose('z', {}, _timers({'a': 1.0, 'b': 3.0}, calls)) == 'a'
+  assert not list(tmp_path.glob('*.tmp'))
+
+
+def test_convolution_choices_keep_the_parameters_and_the_function():
+  cnn = models.get_model('digits_cnn', 10)
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 8, 8, 1))
+  params = {impl: autotune.with_conv_impl(cnn, impl).init(jax.random.PRNGKey(1), x)
+            for impl in autotune.conv_impls(cnn)}
+  assert set(params) == {'patches', 'lax'}
+  chex_equal = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params['patches'], params['lax'])
+  assert all(jax.tree.leaves(chex_equal))
+  out = {impl: autotune.with_conv_impl(cnn, impl).apply(params['lax'], x) for impl in params}
+  assert jnp.allclose(out['patches'], out['lax'], atol=1e-5)
+  mlp = models.get_model('small_mlp', 10)
+  assert autotune.conv_impls(mlp) == () and autotune.with_conv_impl(mlp, None) is mlp
+  assert autotune.training_conv_impl(mlp, {}, optax.sgd(0.1), None, 4, (28, 28, 1), 2) is None
+
+
+def test_training_convolution_measured_in_the_engine_loop(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'c.json'))
+  cnn = models.get_model('digits_cnn', 10)
+  params = cnn.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))['params']
+  opt = optax.sgd(0.1, momentum=0.9)
+  impl = autotune.training_conv_impl(cnn, params, opt, None, 4, (8, 8, 1), width=3, steps=2)
+  assert impl in ('patches', 'lax')
+  (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
+  assert entry['choice'] == impl and set(entry['seconds']) == {'patches', 'lax'}
+  assert min(entry['seconds'].values()) == entry['seconds'][impl] > 0
+  assert autotune.training_conv_impl(cnn, params, opt, None, 4, (8, 8, 1), 3,
+                                     setting='lax') == 'lax'
+
+
+def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):
+  quick_config.model = 'digits_cnn'
+  quick_config.engine.conv_impl = 'lax'
+  setup = train.build_setup(quick_config)
+  assert setup.problem.model.conv_impl == 'lax'
+  assert setup.implementation == {'training_conv': 'lax'}
+  quick_config.num_cycles = quick_config.eval_every = 1
+  train.train_and_evaluate(quick_config, str(tmp_path), verbose=False)
+  timing = json.loads((tmp_path / 'timing.json').read_text())
+  assert timing['implementation'] == {'training_conv': 'lax', 'inference_conv': 'lax'}
+  quick_config.model = 'digits_mlp'
+  assert train.build_setup(quick_config).implementation == {}
