@@ -186,7 +186,10 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
 
     return lambda: time_call(loop, params_W, opt_state_W)
 
-  work = {'model': repr(model), 'optimizer': repr(optimizer), 'batch_size': batch_size,
+  # What the step touches besides the model: the optimizer state's size (its repr names
+  # functions by address, which differs from process to process).
+  work = {'model': repr(model), 'optimizer_state_floats': sum(
+              int(np.size(x)) for x in jax.tree.leaves(opt_state)), 'batch_size': batch_size,
           'input_shape': list(input_shape), 'width': width}
   return choose('training_conv', work, {impl: timer(impl) for impl in impls})
 
