@@ -145,7 +145,7 @@ def implementation(setup: Setup, evaluator: evaluation.Evaluator) -> dict:
   """What ran how on this machine: the setup's choices and the evaluator's."""
   out = dict(setup.implementation)
   if evaluator.conv_impl is not None:
-    out['inference_conv'] = evaluator.conv_impl
+    out.update(inference_conv=evaluator.conv_impl, inference_batch=evaluator.batch_size)
   return out
 
 

@@ -94,6 +94,13 @@ def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):
   quick_config.num_cycles = quick_config.eval_every = 1
   train.train_and_evaluate(quick_config, str(tmp_path), verbose=False)
   timing = json.loads((tmp_path / 'timing.json').read_text())
-  assert timing['implementation'] == {'training_conv': 'lax', 'inference_conv': 'lax'}
+  assert timing['implementation'] == {'training_conv': 'lax', 'inference_conv': 'lax',
+                                      'inference_batch': 360}  # The whole test split.
   quick_config.model = 'digits_mlp'
   assert train.build_setup(quick_config).implementation == {}
+
+
+def test_evaluation_batch_sizes_tried():
+  assert autotune.batch_sizes(1000) == (125, 250, 500, 1000)
+  assert autotune.batch_sizes(100) == (50, 100)
+  assert autotune.batch_sizes(20) == (20,)

@@ -50,14 +50,28 @@ def test_evaluator_for_model_matches_a_plain_loop(name, shape):
     assert device_acc[i] == pytest.approx(dev)
 
 
-def test_evaluation_runs_the_named_or_measured_convolution():
+def test_evaluation_runs_the_named_or_measured_convolution_and_batch():
   cnn = models.get_model('digits_cnn', 10)
   assert cnn.conv_impl == 'patches'
   for impl in ('patches', 'lax'):
-    assert evaluation.inference_module(cnn, (8, 8, 1), 16, conv_impl=impl).conv_impl == impl
+    module, batch = evaluation.inference_plan(cnn, (8, 8, 1), 64, conv_impl=impl)
+    assert module.conv_impl == impl and batch == 64
+  module, batch = evaluation.inference_plan(cnn, (8, 8, 1), 256)
+  assert module.conv_impl in ('patches', 'lax') and batch in (32, 64, 128, 256)
   split = _split(37, (8, 8, 1))
   assert evaluation.Evaluator.for_model(cnn, split, 16, 20, conv_impl='lax').conv_impl == 'lax'
   assert evaluation.Evaluator.for_model(cnn, split, 16, 20).conv_impl in ('patches', 'lax')
   mlp = models.get_model('small_mlp', 10)
-  assert evaluation.inference_module(mlp, (28, 28, 1)) is mlp
+  assert evaluation.inference_plan(mlp, (28, 28, 1), 100) == (mlp, 100)
   assert evaluation.Evaluator.for_model(mlp, _split(5, (28, 28, 1))).conv_impl is None
+
+
+def test_device_models_in_batches_match_one_pass():
+  model = models.get_model('digits_cnn', 10)
+  split = _split(37, (8, 8, 1))
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params_N = jax.vmap(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1)))['params'])(keys)
+  one = evaluation.Evaluator(model.apply, split, 16, 30, 1)
+  batched = evaluation.Evaluator(model.apply, split, 16, 30, 1, device_batch_size=7)
+  np.testing.assert_allclose(np.asarray(batched.devices(params_N)),
+                             np.asarray(one.devices(params_N)), rtol=0, atol=1e-7)

@@ -12,8 +12,10 @@ it runs:
 
 * :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices, as
   the engine's masked loop runs them (:class:`hadfl_jax.core.engine.LocalTrainer`);
-* :func:`inference_conv_impl`: one forward pass of the model on an evaluation batch
-  (:class:`hadfl_jax.evaluation.Evaluator`).
+* :func:`inference_plan`: the convolution and the batch size of evaluation, timed on
+  forward passes of one model over test-sized batches
+  (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
+  the loss only by float rounding.
 
 A choice is measured once per machine and shape: it is kept in memory and in a JSON file
 (``$HADFL_JAX_AUTOTUNE_CACHE``, default ``~/.cache/hadfl_jax/autotune.json``; an empty value
@@ -89,14 +91,18 @@ def _store(path: str | None, key: str, entry: dict) -> None:
     logging.warning('autotune: cannot write %s (%s)', path, e)
 
 
-def time_call(fn: Callable[..., Any], *args, repeats: int = 3) -> float:
-  """Seconds of one call of ``fn(*args)`` once compiled: the best of ``repeats``."""
-  jax.block_until_ready(fn(*args))  # Compiles and warms up.
-  best = float('inf')
+def time_call(fn: Callable[..., Any], *args, repeats: int = 3, budget_s: float = 1.0) -> float:
+  """Seconds of one call of the jitted ``fn(*args)``, compiled first: the best of up to
+  ``repeats`` calls, fewer once ``budget_s`` is spent (a slow candidate is timed once)."""
+  compiled = fn.lower(*args).compile()
+  best, spent = float('inf'), 0.0
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
+    jax.block_until_ready(compiled(*args))
+    elapsed = time.perf_counter() - start
+    best, spent = min(best, elapsed), spent + elapsed
+    if spent > budget_s:
+      break
   return best
 
 
@@ -107,7 +113,7 @@ def choose(what: str, work: Mapping[str, Any],
   ``work`` on this machine, from the cache if it was measured before.
 
   Args:
-    what: the computation (``'training_conv'``, ``'inference_conv'``).
+    what: the computation (``'training_conv'``, ``'inference'``).
     work: what the timing depends on besides the machine (shapes, model, ...; JSON).
     candidates: the implementations and how to time each.
     path: the cache file (default :func:`cache_path`).
@@ -154,7 +160,7 @@ def with_conv_impl(model, impl: str):
 
 def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
                        input_shape: tuple[int, ...], width: int, setting: str = 'auto',
-                       steps: int = 4) -> str | None:
+                       steps: int = 2) -> str | None:
   """The convolution of local training: ``setting`` unless ``'auto'``, else the faster
   on ``steps`` local steps of ``width`` devices vmapped in a ``lax.fori_loop`` (the
   engine's loop), at ``batch_size`` examples of ``input_shape``. None: no choice."""
@@ -194,20 +200,41 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
   return choose('training_conv', work, {impl: timer(impl) for impl in impls})
 
 
-def inference_conv_impl(model, params: PyTree, input_shape: tuple[int, ...],
-                        batch_size: int, setting: str = 'auto') -> str | None:
-  """The convolution of evaluation: ``setting`` unless ``'auto'``, else the faster on one
-  forward pass of ``batch_size`` examples of ``input_shape``. None: no choice."""
+def batch_sizes(max_batch: int, smallest: int = 32) -> tuple[int, ...]:
+  """The evaluation batch sizes tried: ``max_batch`` and its halvings down to ``smallest``
+  (at most four)."""
+  sizes = [max_batch >> k for k in range(4) if (max_batch >> k) >= smallest]
+  return tuple(sorted(set(sizes or [max_batch])))
+
+
+def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batch: int,
+                   setting: str = 'auto') -> tuple[str | None, int]:
+  """How evaluation runs one model: ``(convolution, batch size)``.
+
+  ``setting`` names a convolution: that one, at ``max_batch``. ``'auto'``: every
+  convolution at every size of :func:`batch_sizes` is timed on the same examples (a
+  ``lax.map`` over batches, as :class:`hadfl_jax.evaluation.Evaluator` runs them), and the
+  fastest per example is chosen; on CPU a batch that fits the caches can be faster than
+  a large one. Models without a convolution choice: ``(None, max_batch)``.
+  """
   impls = conv_impls(model)
   if not impls:
-    return None
+    return None, max_batch
   if setting != 'auto':
-    return setting
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch_size,) + tuple(input_shape))
+    return setting, max_batch
+  sizes = batch_sizes(max_batch)
+  examples = 2 * max(sizes)
+  x = jax.random.normal(jax.random.PRNGKey(0), (examples,) + tuple(input_shape))
 
-  def timer(impl: str) -> Callable[[], float]:
-    forward = jax.jit(with_conv_impl(model, impl).apply)
-    return lambda: time_call(forward, {'params': params}, x)
+  def timer(impl: str, size: int) -> Callable[[], float]:
+    module = with_conv_impl(model, impl)
+    num = examples // size
+    x_TxB = x[:num * size].reshape((num, size) + tuple(input_shape))
+    forward = jax.jit(lambda p, x_TxB: jax.lax.map(lambda x_B: module.apply(p, x_B), x_TxB))
+    return lambda: time_call(forward, {'params': params}, x_TxB) / (num * size)
 
-  work = {'model': repr(model), 'batch_size': batch_size, 'input_shape': list(input_shape)}
-  return choose('inference_conv', work, {impl: timer(impl) for impl in impls})
+  work = {'model': repr(model), 'max_batch': max_batch, 'input_shape': list(input_shape)}
+  name = choose('inference', work,
+                {f'{impl}@{size}': timer(impl, size) for impl in impls for size in sizes})
+  impl, _, size = name.partition('@')
+  return impl, int(size)
