@@ -61,12 +61,17 @@ def matmul_rate(repeats: int) -> float:
   return 2 * MATMUL_N**3 / float(np.median(times))
 
 
+def cost(fn, *args) -> tuple[float, float]:
+  """XLA's counts for one call of ``jax.jit(fn)(*args)``: (FLOP, bytes accessed)."""
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # Older jax: one dict per computation.
+    analysis = analysis[0]
+  return float(analysis['flops']), float(analysis.get('bytes accessed', float('nan')))
+
+
 def cost_flops(fn, *args) -> float:
   """XLA's FLOP count of one call of ``jax.jit(fn)(*args)``."""
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older jax: one dict per computation.
-    cost = cost[0]
-  return float(cost['flops'])
+  return cost(fn, *args)[0]
 
 
 def _test_split(n: int) -> data_lib.Split:
@@ -87,7 +92,9 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   chosen_train = autotune.training_conv_impl(
       model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
       width=min(num_devices, schedule.max_width or num_devices))
-  impls = {'train': chosen_train, **{f'train/{impl}': impl for impl in autotune.conv_impls(model)}}
+  # Only the chosen one is timed again: the native convolution in this loop ran 20x
+  # slower on CPU (minutes here); autotune's cache keeps the times of every candidate.
+  impls = {'train': chosen_train}
   trains, device_steps = {}, {}
   for name, impl in impls.items():
     device_steps[name] = local.make_device_step(autotune.with_conv_impl(model, impl).apply,
@@ -96,7 +103,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
                                   schedule)
   step = device_steps['train']
   opt_state = optimizer.init(params)
-  step_flops = cost_flops(
+  step_flops, step_bytes = cost(
       lambda p, o: step(p, o, jax.random.PRNGKey(0), 0, data.images[0], data.labels[0],
                         data.counts[0])[:2], params, opt_state)
 
@@ -137,7 +144,12 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit,
               eval_vs_train=chosen_eval / rates['train'],
-              chosen_conv=evaluators['chosen'].conv_impl, chosen_train_conv=chosen_train)
+              chosen_conv=evaluators['chosen'].conv_impl, chosen_train_conv=chosen_train,
+              # What bounds training: XLA's bytes accessed per step (caches ignored), the
+              # FLOP per byte, and the bytes per second the measured rate implies.
+              step_flops=step_flops, step_bytes=step_bytes,
+              train_intensity=step_flops / step_bytes,
+              train_bytes_per_s=rates['train'] / (step_flops / step_bytes))
 
 
 
@@ -163,6 +175,11 @@ def markdown(result: dict[str, Any]) -> str:
               f'matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
               f'Evaluation (the slower of consensus and devices, with the chosen convolution '
               f'`{r["chosen_conv"]}`) / training: {r["eval_vs_train"]:.2f} (goal >= 1.0).']
+    if 'step_bytes' in r:
+      lines += ['', f'A training step: {r["step_flops"] / 1e9:.2f} GFLOP over '
+                f'{r["step_bytes"] / 1e6:.0f} MB accessed (XLA cost analysis, caches ignored): '
+                f'{r["train_intensity"]:.1f} FLOP per byte, so the measured training rate moves '
+                f'{r["train_bytes_per_s"] / 1e9:.1f} GB/s.']
   return '\n'.join(lines) + '\n'
 
 

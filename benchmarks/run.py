@@ -19,6 +19,8 @@ Sections (``--only``):
 * ``scale``: 10,000 devices on MNIST, memory (:mod:`benchmarks.scale`);
 * ``memory``: peak resident memory of paper-like and many-devices runs, and what holds
   it (:mod:`benchmarks.memory`);
+* ``eval_share``: the share of a paper-like run's wall time spent evaluating, at the
+  comparison's schedule (:mod:`benchmarks.eval_share`);
 * ``compile``: compile time, no recompilation, cost of buckets (:mod:`benchmarks.compile_time`);
 * ``sharding``: 1 vs 2 host devices (:mod:`benchmarks.sharding_bench`).
 """
@@ -46,6 +48,7 @@ from benchmarks import aggregation  # pylint: disable=g-import-not-at-top,wrong-
 from benchmarks import common
 from benchmarks import compile_time
 from benchmarks import engine
+from benchmarks import eval_share
 from benchmarks import flops
 from benchmarks import memory
 from benchmarks import scale
@@ -59,6 +62,7 @@ SECTIONS = {
     'aggregation': (aggregation, 'Aggregation: O(K M), not O(N^2 M)'),
     'scale': (scale, '10,000 devices: memory'),
     'memory': (memory, 'Peak memory of whole runs, and what holds it'),
+    'eval_share': (eval_share, "Evaluation's share of a paper-like run's wall time"),
     'compile': (compile_time, 'Compile once, never recompile'),
     'sharding': (sharding_bench, 'Sharding the device axis: 1 vs 2 host devices'),
 }
@@ -89,6 +93,11 @@ def targets(results: dict[str, Any]) -> list[str]:
     out.append(f"{'met' if r['peak_rss_bytes'] <= r['goal_bytes'] else 'NOT met'}: peak "
                f"memory of a {r['scenario']} run <= {r['goal_bytes'] / 1e9:.1f} GB: "
                f"{r['peak_rss_bytes'] / 1e9:.2f} GB")
+  share = results.get('eval_share', {}).get('run')
+  if share:
+    out.append(f"{'met' if share['eval_share'] <= eval_share.GOAL else 'NOT met'}: evaluation "
+               f"<= {eval_share.GOAL:.0%} of a paper-like run's wall time: "
+               f"{share['eval_share']:.1%}")
   trap = results.get('engine', {}).get('conv_trap')
   if trap:
     eps = trap['examples_per_s']

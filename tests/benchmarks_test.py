@@ -8,6 +8,7 @@ import numpy as np
 from benchmarks import aggregation
 from benchmarks import common
 from benchmarks import engine
+from benchmarks import eval_share
 from benchmarks import flops
 from benchmarks import memory
 from benchmarks import run
@@ -69,3 +70,17 @@ def test_memory_report_names_what_holds_the_memory():
   assert 'met: peak memory of a paper-like run <= 1.5 GB: 1.20 GB' in run.targets(
       {'memory': {'rows': [row]}})
   assert memory.markdown({'rows': [], 'skipped': 'no MNIST'}) == 'Skipped: no MNIST.\n'
+
+
+def test_eval_share_of_a_study(tmp_path):
+  for name, eval_s, wall in (('hadfl_h50_lr0.05', 1.0, 10.0), ('hadfl_h20_lr0.1', 3.0, 10.0),
+                             ('ddp_lr0.05', 5.0, 10.0)):
+    run_dir = tmp_path / 'runs' / name / 'seed0'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'timing.json').write_text(json.dumps({'eval_s': eval_s, 'wall_time_s': wall}))
+  rows = {r['algorithm']: r for r in eval_share.study_shares(str(tmp_path))}
+  assert rows['hadfl']['runs'] == 2 and abs(rows['hadfl']['mean'] - 0.2) < 1e-12
+  assert rows['hadfl']['max'] == 0.3 and rows['ddp']['mean'] == 0.5
+  text = eval_share.markdown({'device': common.cpu_info(), 'goal': 0.15,
+                              'study': {'workdir': str(tmp_path), 'rows': list(rows.values())}})
+  assert '| hadfl | 2 | 20.0% | 30.0% |' in text
