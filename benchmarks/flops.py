@@ -5,7 +5,8 @@ faster than an AVX2 one), so every rate here is set against the machine's own li
 measured in the same run: numpy's float32 matmul of two 2048 x 2048 matrices (BLAS, all
 cores). Rates:
 
-* ``matmul``: 2 * 2048^3 FLOP per product;
+* ``matmul``: 2 * 2048^3 FLOP per product (and the same product through XLA, to tell a
+  slow step from a slow matmul);
 * ``train``: the engine's local training (:func:`hadfl_jax.core.local.masked_local_train`,
   N devices vmapped, batch 32, H steps), FLOP from XLA's cost analysis of one device's
   step (forward, backward, optimizer update) times N * H;
@@ -57,6 +58,21 @@ def matmul_rate(repeats: int) -> float:
   for _ in range(repeats):
     start = time.perf_counter()
     a @ b  # pylint: disable=pointless-statement
+    times.append(time.perf_counter() - start)
+  return 2 * MATMUL_N**3 / float(np.median(times))
+
+
+def xla_matmul_rate(repeats: int) -> float:
+  """The same product through XLA (``jnp.dot``, jitted) FLOP/s: the compiler's own GEMM,
+  to tell a slow step from a slow matmul."""
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal((MATMUL_N, MATMUL_N), np.float32)) for _ in range(2))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
     times.append(time.perf_counter() - start)
   return 2 * MATMUL_N**3 / float(np.median(times))
 
@@ -131,6 +147,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   fns.pop('matmul')
   timings = common.interleaved_timings(fns, repeats)
   limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
+  xla_limit = xla_matmul_rate(repeats)
   flops = {name: step_flops * num_devices * steps for name in trains}
   for name in evaluators:
     flops[f'eval_consensus/{name}'] = forward_flops * TEST_EXAMPLES / EVAL_BATCH
@@ -139,7 +156,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
   chosen_eval = min(rates['eval_consensus/chosen'], rates['eval_devices/chosen'])
   return dict(model=model_name, num_devices=num_devices, steps=steps, repeats=repeats,
-              matmul_flops_per_s=limit, flops=flops, seconds={k: t['wall'] for k, t in
+              matmul_flops_per_s=limit, xla_matmul_flops_per_s=xla_limit, flops=flops, seconds={k: t['wall'] for k, t in
                                                                 timings.items()},
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit,
@@ -179,7 +196,9 @@ def markdown(result: dict[str, Any]) -> str:
       lines += ['', f'A training step: {r["step_flops"] / 1e9:.2f} GFLOP over '
                 f'{r["step_bytes"] / 1e6:.0f} MB accessed (XLA cost analysis, caches ignored): '
                 f'{r["train_intensity"]:.1f} FLOP per byte, so the measured training rate moves '
-                f'{r["train_bytes_per_s"] / 1e9:.1f} GB/s.']
+                f'{r["train_bytes_per_s"] / 1e9:.1f} GB/s. XLA\'s own float32 matmul (jitted '
+                f'`jnp.dot`, the same product) ran at '
+                f'{r.get("xla_matmul_flops_per_s", float("nan")) / 1e9:.0f} GFLOP/s.']
   return '\n'.join(lines) + '\n'
 
 
