@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   # CompareConfig: algorithms, learning_rates and local_steps grids (HADFL's fastest device
   # runs H steps: t_local = H * profile.seconds_per_step), extra_local_steps, options
   # (grids of an algorithm's own options), seeds (every point on each; mean and 95% CI),
-  # eval_interval_s and eval_growth, winners_from, cached_only, sweep_ratios, sweep,
+  # eval_interval_s and eval_growth, winners_from, cached_only, stop_collapsed, sweep_ratios, sweep,
   # ablation).
   config.compare = comparison.CompareConfig().to_config_dict()
 

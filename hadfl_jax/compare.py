@@ -48,7 +48,10 @@ that reaches it gives the time (:func:`hadfl_jax.train.run`).
 **Stopping.** A run stops when it reaches the target (``stop_at_target``), after
 ``max_sim_time`` simulated seconds, or after ``num_cycles`` cycles; an algorithm that
 does not reach the target within the cap gets a speedup reported as a lower bound
-(``>=``). Final accuracy is the accuracy at the end of the run.
+(``>=``). Final accuracy is the accuracy at the end of the run. A grid point that
+diverges, or whose model collapses to chance (``compare.stop_collapsed``,
+:func:`hadfl_jax.comparison.runs.collapse_rule`), is stopped and recorded as a run that
+missed the target over the whole cap.
 
 Each seed's data, partition and profile are built once and shared by every run of that
 seed; the test set and evaluator are shared by all (the evaluator's jitted functions

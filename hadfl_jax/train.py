@@ -57,6 +57,11 @@ class DivergenceError(RuntimeError):
   """Training produced a loss or parameter that is not finite."""
 
 
+class GaveUp(RuntimeError):
+  """A run stopped by its ``give_up`` rule (:func:`run`), e.g. a comparison's grid point
+  whose model collapsed (:func:`hadfl_jax.comparison.runs.collapse_rule`)."""
+
+
 @dataclasses.dataclass
 class Setup:
   """Everything a run needs besides the algorithm's state."""
@@ -497,6 +502,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
         refine_target: bool = False, progress: Progress | None = None, mesh=None,
         on_row: Callable[[dict], None] | None = None,
         on_cycle_end: Callable[[int, PyTree, Progress, bool], None] | None = None,
+        give_up: Callable[[list[dict]], str | None] | None = None,
         verbose: bool = True) -> tuple[PyTree, Progress]:
   """Runs any algorithm for up to ``num_cycles`` cycles, evaluating on a schedule.
 
@@ -531,6 +537,8 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
     on_row: called with every evaluation row (e.g. to append it to a file).
     on_cycle_end: called as ``(cycles_done, state, progress, last)`` after every cycle
       and its evaluation (e.g. to checkpoint); ``last`` is True for the final cycle.
+    give_up: called with the evaluation rows after each evaluation before the target is
+      reached; a message (not None) stops the run with :class:`GaveUp`.
     verbose: print a line per evaluation, with an estimate of the wall time left.
 
   Returns:
@@ -539,6 +547,7 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
   Raises:
     DivergenceError: a loss, a parameter or the test loss that stops being finite,
       naming the cycle and the devices.
+    GaveUp: ``give_up`` said so.
   """
   n = jax.tree.leaves(data)[0].shape[0]  # The device axis.
   progress = progress or Progress(Ledger(n))
@@ -600,6 +609,10 @@ def run(algorithm: base.Algorithm, state: PyTree, data, evaluator: evaluation.Ev
             progress.time_to_target_s, progress.cycle_at_target = (first['sim_time_s'],
                                                                    first['cycle'])
       kept.clear()
+      reason = (give_up(progress.history)
+                if give_up is not None and progress.time_to_target_s is None else None)
+      if reason is not None:
+        raise GaveUp(f'cycle {cycle}: {reason}')
     if on_cycle_end is not None:
       on_cycle_end(cycle, state, progress, last or stopped())
   return state, progress
@@ -631,6 +644,7 @@ def summarize(algorithm: base.Algorithm, problem: base.Problem, progress: Progre
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        setup: Setup | None = None,
                        evaluator: evaluation.Evaluator | None = None,
+                       give_up: Callable[[list[dict]], str | None] | None = None,
                        verbose: bool = True) -> dict:
   """Runs one algorithm on one scenario and writes its metrics into ``workdir``.
 
@@ -645,6 +659,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       comparison does); built from ``config`` otherwise. Its optimizer is rebuilt from
       ``config.optimizer`` either way.
     evaluator: a shared evaluator on ``setup.test``; built otherwise.
+    give_up: a rule that stops the run early (:func:`run`; raises :class:`GaveUp`, the
+      evaluation rows so far being in ``metrics.jsonl``).
     verbose: print a line per evaluation (with the time left) and the final summary;
       with False the run prints nothing but warnings.
 
@@ -664,6 +680,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoint.ResumeError: the workdir holds a run of a different config.
     DivergenceError: a loss or a parameter that stops being finite (no checkpoint is
       taken of a non-finite state: the latest one stays the last good one).
+    GaveUp: ``give_up`` stopped the run.
   """
   config = validation.resolve(config)
   sharding.initialize_distributed(validation.engine_config(config))
@@ -675,7 +692,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints = checkpoint.open_workdir(config, workdir)
     try:
       with workdir_lib.PreemptionWatch() as preemption:
-        return _run(config, workdir, checkpoints, setup, evaluator, preemption, verbose)
+        return _run(config, workdir, checkpoints, setup, evaluator, preemption, verbose,
+                    give_up)
     finally:
       if checkpoints is not None:
         checkpoints.close()  # Completes a save in flight: the last good state.
@@ -693,7 +711,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
          setup: Setup | None = None,
          evaluator: evaluation.Evaluator | None = None,
          preemption: workdir_lib.PreemptionWatch | None = None,
-         verbose: bool = True) -> dict:
+         verbose: bool = True,
+         give_up: Callable[[list[dict]], str | None] | None = None) -> dict:
   """The body of :func:`train_and_evaluate`, once the workdir is known to fit."""
   wall_start = time.perf_counter()
   # Only process 0 writes the run's files; every process takes part in checkpoints.
@@ -785,7 +804,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
           max_sim_time=config.max_sim_time,
           schedule=EvalSchedule.from_config(config, progress.history),
           refine_target=bool(config.refine_target), progress=progress,
-          mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end, verbose=verbose)
+          mesh=mesh, on_row=on_row, on_cycle_end=on_cycle_end, give_up=give_up,
+          verbose=verbose)
     except Preempted:
       checkpoints.close()  # The checkpoint is complete before the process goes.
       raise Preempted(

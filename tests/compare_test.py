@@ -151,6 +151,41 @@ def test_option_grids_and_a_diverging_point(config, tmp_path):
     assert json.load(f)['prague']['group_size'] == 2
 
 
+def _rows(*rows):
+  return [{'sim_time_s': t, 'loss': loss, 'consensus_accuracy': acc} for t, loss, acc in rows]
+
+
+def test_collapse_rule_on_hand_made_histories():
+  rule = runs_lib.collapse_rule(10, max_sim_time=100.0, patience=3)
+  dead = (2.3025, 0.1135)  # ln(10) = 2.302585; chance is 0.1.
+  assert rule(_rows((10, *dead), (11, *dead))) is None  # Fewer than `patience` rows.
+  assert rule(_rows((9, *dead), (10, *dead), (11, *dead))) is None  # Before 10% of the cap.
+  assert 'collapsed' in rule(_rows((5, 0.3, 0.9), (10, *dead), (11, *dead), (12, *dead)))
+  assert rule(_rows((10, *dead), (11, 2.2, 0.15), (12, *dead))) is None  # One row learnt.
+  assert rule(_rows((10, *dead), (11, 2.30, 0.25), (12, *dead))) is None  # Above 2/C.
+
+
+def test_a_collapsed_point_is_stopped_and_recorded_as_a_miss(config, tmp_path, monkeypatch):
+  # A rule that fires at every run's second evaluation (the real rule is tested above;
+  # here: what the comparison does with it).
+  monkeypatch.setattr(runs_lib, 'collapse_rule', lambda num_classes, max_sim_time: (
+      lambda history: 'collapsed: by the test' if len(history) >= 2 else None))
+  config.compare.algorithms = ('dfedavg',)
+  config.target_accuracy = 0.99
+  config.max_sim_time = 2.0
+  results = compare.compare(config, str(tmp_path), log=lambda _: None)
+  (point,) = results['algorithms']['dfedavg']['grid']
+  assert point['collapsed'] == 1 and point['time_to_target_s']['reached'] == 0
+  run_dir = tmp_path / 'runs' / 'dfedavg_h5_lr0.05' / 'seed0'
+  summary = _summary(run_dir)
+  assert summary['collapsed'].endswith('collapsed: by the test')
+  assert summary['time_to_target_s'] is None and summary['sim_time_s'] == 2.0
+  rows = (run_dir / 'metrics.jsonl').read_text().splitlines()
+  assert len(rows) == 2  # Stopped at the second evaluation.
+  assert summary['final_consensus_accuracy'] == json.loads(rows[-1])['consensus_accuracy']
+  assert '1 collapsed' in (tmp_path / 'report.md').read_text()
+
+
 def _record(tta, acc, sim):
   return compare.RunRecord(summary={'time_to_target_s': tta, 'final_consensus_accuracy': acc,
                                     'sim_time_s': sim}, history=(), wall_time_s=0.0)

@@ -66,6 +66,8 @@ class CompareConfig(tc.Section):
   winners_from: str | None = tc.string(None, optional=True,
                                        doc='an earlier results.json: run its winners only')
   cached_only: bool = tc.boolean(False, doc='only collect finished runs')
+  stop_collapsed: bool = tc.boolean(True, doc='stop a run whose model collapsed to chance '
+                                    '(comparison/runs.py, collapse_rule); counted as a miss')
   sweep_ratios: tuple = tc.numbers((1.0, 2.0, 4.0, 8.0, 16.0), low=1,
                                    doc='heterogeneity sweep: fastest / slowest speed')
   sweep: bool = tc.boolean(False, doc='run the heterogeneity sweep too')

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -216,16 +217,22 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
   run_config = copy.deepcopy(config)
   run_config.eval_interval_s = eval_interval(config, None)
   run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
+  give_up = (collapse_rule(setup.test.num_classes, config.max_sim_time)
+             if config.compare.get('stop_collapsed', True) and config.loss == 'cross_entropy'
+             else None)
   wall = time.perf_counter()
   try:
     train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
-                             verbose=verbose)
+                             give_up=give_up, verbose=verbose)
     with open(os.path.join(workdir, 'timing.json')) as f:
       timing = json.load(f)
-  except train.DivergenceError as e:
-    # One point of a grid that diverges (a learning rate too large) is a result, not the
-    # end of the comparison: recorded as a run that never reached the target.
-    write_json(os.path.join(workdir, 'summary.json'), diverged_summary(config, workdir, str(e)))
+  except (train.DivergenceError, train.GaveUp) as e:
+    # One point of a grid that diverges or collapses (a learning rate too large) is a
+    # result, not the end of the comparison: recorded as a run that never reached the
+    # target.
+    kind = 'collapsed' if isinstance(e, train.GaveUp) else 'diverged'
+    write_json(os.path.join(workdir, 'summary.json'),
+               diverged_summary(config, workdir, str(e), kind))
     timing = {}
   timing['wall_time_s'] = time.perf_counter() - wall
   write_json(os.path.join(workdir, 'timing.json'), timing)
@@ -233,11 +240,47 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
   return load_run(config, workdir)
 
 
-def diverged_summary(config, workdir: str, message: str) -> dict:
-  """``summary.json`` of a run stopped by divergence: it never reached the target (unless
-  it had before diverging), its final accuracy is 0 (its model is not finite), and it
-  counts as having run ``max_sim_time`` (else as far as it got), so that a mean over seeds
-  with a diverged seed is the lower bound of a run that never gets there."""
+COLLAPSE_PATIENCE = 5  # Evaluations in a row.
+COLLAPSE_AFTER = 0.1  # Of max_sim_time.
+
+
+def collapse_rule(num_classes: int, max_sim_time: float,
+                  patience: int = COLLAPSE_PATIENCE) -> Callable[[list[dict]], str | None]:
+  """A give-up rule (:func:`hadfl_jax.train.run`) for a grid point whose model collapsed.
+
+  A classifier whose consensus model has become a constant predictor (test loss at
+  least 0.99 ln(C), the loss of a uniform guess, and accuracy at most 2/C) at
+  ``patience`` evaluations in a row, all after ``COLLAPSE_AFTER`` of the cap, is stopped:
+  with momentum SGD at too large a learning rate the ReLUs die and such a run stays at
+  chance until the cap, which would cost a comparison as much compute as a good point.
+  It is recorded as a run that never reached the target and ran the whole cap
+  (:func:`diverged_summary`); that it could have recovered later is the assumption,
+  stated in ``summary.json`` (``collapsed``). Not in the run key: a run that does not
+  collapse computes the same with or without it.
+  """
+  chance_loss = math.log(num_classes)
+  after_s = COLLAPSE_AFTER * max_sim_time
+
+  def rule(history: list[dict]) -> str | None:
+    last = history[-patience:]
+    if len(last) < patience or last[0]['sim_time_s'] < after_s:
+      return None
+    if all(r['loss'] >= 0.99 * chance_loss and r['consensus_accuracy'] <= 2.0 / num_classes
+           for r in last):
+      return (f'collapsed: consensus test loss >= 0.99 ln({num_classes}) and accuracy '
+              f'<= 2/{num_classes} at the last {patience} evaluations, from '
+              f'{last[0]["sim_time_s"]:.2f} simulated s')
+    return None
+
+  return rule
+
+
+def diverged_summary(config, workdir: str, message: str, kind: str = 'diverged') -> dict:
+  """``summary.json`` of a run stopped by divergence (or collapse, ``kind``): it never
+  reached the target (unless it had before), its final accuracy is 0 when diverged (its
+  model is not finite) or its last evaluation's when collapsed, and it counts as having
+  run ``max_sim_time`` (else as far as it got), so that a mean over seeds with such a
+  seed is the lower bound of a run that never gets there."""
   path = os.path.join(workdir, 'metrics.jsonl')
   rows = []
   if os.path.exists(path):
@@ -247,10 +290,11 @@ def diverged_summary(config, workdir: str, message: str) -> dict:
     open(path, 'w').close()
   reached = [r for r in rows if r['consensus_accuracy'] >= config.target_accuracy]
   last = rows[-1] if rows else {}
-  return {'algorithm': config.algorithm, 'diverged': message,
+  final = last.get('consensus_accuracy', 0.0) if kind == 'collapsed' else 0.0
+  return {'algorithm': config.algorithm, kind: message,
           'target_accuracy': config.target_accuracy,
           'time_to_target_s': reached[0]['sim_time_s'] if reached else None,
-          'final_consensus_accuracy': 0.0,
+          'final_consensus_accuracy': final,
           'best_consensus_accuracy': max((r['consensus_accuracy'] for r in rows), default=0.0),
           'sim_time_s': float(config.max_sim_time or last.get('sim_time_s', 0.0)),
           'bytes_sent': last.get('bytes_sent', 0.0),
