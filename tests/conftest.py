@@ -31,13 +31,14 @@ def _shared_compilation_cache(compilation_cache_dir):
 
 @pytest.fixture(scope='session', autouse=True)
 def _autotune_cache(tmp_path_factory):
-  """Implementation choices measured by the tests go to the session's directory, not to
-  the user's ~/.cache."""
+  """Implementation choices measured by the tests go to the session's directory (shared
+  by the xdist workers, so each is measured once), not to the user's ~/.cache."""
   import os  # pylint: disable=g-import-not-at-top
   from hadfl_jax.core import autotune  # pylint: disable=g-import-not-at-top
 
   before = os.environ.get(autotune.CACHE_ENV)
-  os.environ[autotune.CACHE_ENV] = str(tmp_path_factory.mktemp('autotune') / 'autotune.json')
+  os.environ[autotune.CACHE_ENV] = str(
+      tmp_path_factory.getbasetemp().parent / 'autotune_choices.json')
   yield
   if before is None:
     os.environ.pop(autotune.CACHE_ENV)
