@@ -12,6 +12,8 @@ it runs:
 
 * :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices, as
   the engine's masked loop runs them (:class:`hadfl_jax.core.engine.LocalTrainer`);
+* :func:`training_width`: that sub-bucket's width (cache blocking on CPU), per
+  device-step, for ``engine.bucket_mib = None`` on CPU;
 * :func:`inference_plan`: the convolution and the batch size of evaluation, timed on
   forward passes of one model over test-sized batches
   (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
@@ -29,6 +31,7 @@ process compiles the same program.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -47,6 +50,18 @@ PyTree = Any
 CACHE_ENV = 'HADFL_JAX_AUTOTUNE_CACHE'
 CHOICES = ('auto', 'patches', 'lax')  # engine.conv_impl
 _memory: dict[str, dict] = {}
+
+
+def _eager(fn: Callable) -> Callable:
+  """Runs a measurement eagerly even when called while a function is being traced (the
+  engine's schedule is made when its cycle is first traced)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.ensure_compile_time_eval():
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def cache_path() -> str | None:
@@ -158,6 +173,41 @@ def with_conv_impl(model, impl: str):
   return model.clone(conv_impl=impl) if conv_impls(model) else model
 
 
+def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int,
+                         input_shape: tuple[int, ...], width: int,
+                         steps: int) -> Callable[[], float]:
+  """Times ``steps`` local steps of ``width`` devices vmapped in a ``lax.fori_loop`` (the
+  engine's loop) on random examples: seconds per call."""
+  from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
+  stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
+  params_W, opt_state_W = stack(params), stack(optimizer.init(params))
+  pool = 4 * batch_size
+  images = jax.random.normal(jax.random.PRNGKey(0), (width, pool) + tuple(input_shape))
+  labels = jnp.zeros((width, pool), jnp.int32)
+  count = jnp.full((width,), pool, jnp.int32)
+  keys = jax.random.split(jax.random.PRNGKey(1), width)
+  step = jax.vmap(local.make_device_step(model.apply, optimizer, batch_size, task))
+
+  @jax.jit
+  def loop(params_W, opt_state_W):
+    def body(i, carry):
+      p, o, _ = carry
+      return step(p, o, keys, jnp.full((width,), i), images, labels, count)
+    return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
+
+  return lambda: time_call(loop, params_W, opt_state_W)
+
+
+def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
+  # What the step touches besides the model: the optimizer state's size (its repr names
+  # functions by address, which differs from process to process).
+  opt_floats = sum(int(np.size(x)) for x in jax.tree.leaves(jax.eval_shape(optimizer.init,
+                                                                          params)))
+  return {'model': repr(model), 'optimizer_state_floats': opt_floats,
+          'batch_size': batch_size, 'input_shape': list(input_shape)}
+
+
+@_eager
 def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
                        input_shape: tuple[int, ...], width: int, setting: str = 'auto',
                        steps: int = 2) -> str | None:
@@ -169,35 +219,39 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
     return None
   if setting != 'auto':
     return setting
-  from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
-  opt_state = optimizer.init(params)
-  stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
-  params_W, opt_state_W = stack(params), stack(opt_state)
-  pool = 4 * batch_size
-  images = jax.random.normal(jax.random.PRNGKey(0), (width, pool) + tuple(input_shape))
-  labels = jnp.zeros((width, pool), jnp.int32)
-  count = jnp.full((width,), pool, jnp.int32)
-  keys = jax.random.split(jax.random.PRNGKey(1), width)
+  timers = {impl: _training_loop_timer(with_conv_impl(model, impl), params, optimizer, task,
+                                       batch_size, input_shape, width, steps)
+            for impl in impls}
+  work = dict(_training_work(model, params, optimizer, batch_size, input_shape), width=width)
+  return choose('training_conv', work, timers)
 
-  def timer(impl: str) -> Callable[[], float]:
-    step = jax.vmap(local.make_device_step(with_conv_impl(model, impl).apply, optimizer,
-                                           batch_size, task))
 
-    @jax.jit
-    def loop(params_W, opt_state_W):
-      def body(i, carry):
-        p, o, _ = carry
-        return step(p, o, keys, jnp.full((width,), i), images, labels, count)
-      return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
+WIDEST_TIMED = 64
 
-    return lambda: time_call(loop, params_W, opt_state_W)
 
-  # What the step touches besides the model: the optimizer state's size (its repr names
-  # functions by address, which differs from process to process).
-  work = {'model': repr(model), 'optimizer_state_floats': sum(
-              int(np.size(x)) for x in jax.tree.leaves(opt_state)), 'batch_size': batch_size,
-          'input_shape': list(input_shape), 'width': width}
-  return choose('training_conv', work, {impl: timer(impl) for impl in impls})
+@_eager
+def training_width(model, params: PyTree, optimizer, task, batch_size: int,
+                   input_shape: tuple[int, ...], shard_width: int, steps: int = 2) -> int:
+  """How many devices one sub-bucket of the engine's loop vmaps: the width, among the
+  powers of two up to ``shard_width`` (and it), whose time per device-step is the
+  smallest. On a CPU a narrow sub-bucket keeps its devices' states in cache; on an
+  accelerator the widest is usually fastest. Widths above :data:`WIDEST_TIMED` are not
+  timed: if the widest timed one wins, the loop is not cut (0, no limit)."""
+  widths = sorted({w for w in (2**k for k in range(7)) if w < shard_width}
+                  | {shard_width})
+  widths = [w for w in widths if w <= WIDEST_TIMED] or [WIDEST_TIMED]
+  if len(widths) == 1:
+    return 0 if widths[0] >= shard_width else widths[0]
+
+  def per_device_step(width: int) -> Callable[[], float]:
+    timer = _training_loop_timer(model, params, optimizer, task, batch_size, input_shape,
+                                 width, steps)
+    return lambda: timer() / width
+
+  work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
+              shard_width=shard_width)
+  best = int(choose('training_width', work, {str(w): per_device_step(w) for w in widths}))
+  return 0 if best == widths[-1] else best
 
 
 def batch_sizes(max_batch: int, smallest: int = 32) -> tuple[int, ...]:
@@ -207,6 +261,7 @@ def batch_sizes(max_batch: int, smallest: int = 32) -> tuple[int, ...]:
   return tuple(sorted(set(sizes or [max_batch])))
 
 
+@_eager
 def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batch: int,
                    setting: str = 'auto') -> tuple[str | None, int]:
   """How evaluation runs one model: ``(convolution, batch size)``.

@@ -44,7 +44,8 @@ class EngineConfig(tc.Section):
                                 'budget-sorted buckets; 1 runs one masked loop')
   bucket_mib: float | None = tc.number(
       None, low=0, optional=True, doc='MiB of device working sets per sub-bucket (cache '
-      f'blocking); None: {local.CPU_BUCKET_MIB:g} on CPU, no limit on GPU/TPU; 0: no limit')
+      'blocking); None: the width measured fastest on CPU (core/autotune.py), no limit on '
+      'GPU/TPU; 0: no limit')
   mesh_shards: int = tc.integer(0, low=0, doc='accelerators the device axis is sharded '
                                 'over; 0 = all')
   conv_impl: str = tc.choice('auto', autotune.CHOICES,
@@ -129,8 +130,13 @@ class LocalTrainer:
     if key not in self._schedules:
       max_width = 0
       mib = self.engine.resolved_bucket_mib()
-      if mib > 0:
-        p = self.problem
+      p = self.problem
+      if self.engine.bucket_mib is None and jax.default_backend() == 'cpu':
+        # Cache blocking measured on this machine rather than sized by a budget.
+        max_width = autotune.training_width(
+            p.model, p.init_params, p.optimizer, p.task, p.batch_size, key,
+            shard_width=p.num_devices // self.num_shards)
+      elif mib > 0:
         x_B = jax.ShapeDtypeStruct((p.batch_size,) + key, jnp.float32)
         opt_state = jax.eval_shape(p.optimizer.init, p.init_params)
         max_width = local.max_width_for_bytes(
