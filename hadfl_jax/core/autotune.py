@@ -128,7 +128,7 @@ def choose(what: str, work: Mapping[str, Any],
   ``work`` on this machine, from the cache if it was measured before.
 
   Args:
-    what: the computation (``'training_conv'``, ``'inference'``).
+    what: the computation (``'training_conv'``, ``'training_width'``, ``'inference'``).
     work: what the timing depends on besides the machine (shapes, model, ...; JSON).
     candidates: the implementations and how to time each.
     path: the cache file (default :func:`cache_path`).

@@ -123,6 +123,8 @@ class LocalTrainer:
           problem.profile.speed_N, self.engine.num_buckets, self.num_shards)
     self._bucket_widths = tuple(w for w in bucket_widths if w > 0)
     self._schedules: dict[tuple, local.LocalSchedule] = {}
+    if problem.input_shape:  # Measured now, not while a cycle is traced.
+      self.schedule_for(problem.input_shape)
 
   def schedule_for(self, input_shape: tuple[int, ...]) -> local.LocalSchedule:
     """The static schedule for inputs of one example's ``input_shape``."""
@@ -131,8 +133,10 @@ class LocalTrainer:
       max_width = 0
       mib = self.engine.resolved_bucket_mib()
       p = self.problem
-      if self.engine.bucket_mib is None and jax.default_backend() == 'cpu':
-        # Cache blocking measured on this machine rather than sized by a budget.
+      if (self.engine.bucket_mib is None and jax.default_backend() == 'cpu'
+          and jax.process_count() == 1):
+        # Cache blocking measured on this machine rather than sized by a budget (with
+        # several processes, the budget: every process must run the same program).
         max_width = autotune.training_width(
             p.model, p.init_params, p.optimizer, p.task, p.batch_size, key,
             shard_width=p.num_devices // self.num_shards)
