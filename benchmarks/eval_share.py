@@ -96,7 +96,9 @@ def markdown(result: dict[str, Any]) -> str:
               f'({t["evaluations"]} scheduled, {t.get("refinement_evaluations", 0)} '
               f'refining the target), implementation {t.get("implementation")}.', '',
               f'Evaluation share of the wall time: **{r["eval_share"]:.1%}** '
-              f'(goal <= {result["goal"]:.0%}: {"met" if r["eval_share"] <= result["goal"] else "NOT met"}).']
+              f'(goal <= {result["goal"]:.0%}: {"met" if r["eval_share"] <= result["goal"] else "NOT met"}); '
+              f'of the cycles and evaluations alone (without setup, compilation of the '
+              f'evaluator and file writing): {t["eval_s"] / (t["eval_s"] + t["cycles_s"]):.1%}.']
   if 'study' in result:
     lines += [f'Finished runs of `{result["study"]["workdir"]}`:', '',
               '| algorithm | runs | evaluation share, mean | max |', '|---|---|---|---|']

@@ -246,7 +246,7 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   def per_device_step(width: int) -> Callable[[], float]:
     timer = _training_loop_timer(model, params, optimizer, task, batch_size, input_shape,
                                  width, steps)
-    return lambda: timer() / width
+    return lambda: timer() / (width * steps)
 
   work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
               shard_width=shard_width)
