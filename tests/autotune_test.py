@@ -12,6 +12,11 @@ from hadfl_jax import train
 from hadfl_jax.core import autotune
 
 
+@pytest.fixture(autouse=True)
+def _measuring(monkeypatch):
+  monkeypatch.setenv(autotune.ENABLED_ENV, '1')  # The suite turns it off (conftest).
+
+
 def _timers(seconds, calls):
   def timer(name):
     def measure():
@@ -104,3 +109,36 @@ def test_evaluation_batch_sizes_tried():
   assert autotune.batch_sizes(1000) == (125, 250, 500, 1000)
   assert autotune.batch_sizes(100) == (50, 100)
   assert autotune.batch_sizes(20) == (20,)
+
+
+def test_sub_bucket_width_measured_per_device_step(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'c.json'))
+  mlp = models.get_model('small_mlp', 10)
+  params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params']
+  width = autotune.training_width(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
+                                  shard_width=4)
+  (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
+  assert set(entry['seconds']) == {'1', '2', '4'}
+  best = min(entry['seconds'], key=entry['seconds'].get)
+  assert width == (0 if best == '4' else int(best))  # The widest: the loop is not cut.
+
+
+def test_engine_uses_the_measured_width_and_the_budget_when_off(monkeypatch):
+  from hadfl_jax.core import engine
+  from tests import fixtures
+  problem = fixtures.make_tiny_problem()[0]
+  monkeypatch.setattr(autotune, 'training_width', lambda *a, **k: 3)
+  assert engine.LocalTrainer(problem).schedule_for(problem.input_shape).max_width == (
+      3 if jax.default_backend() == 'cpu' else 0)
+  monkeypatch.setenv(autotune.ENABLED_ENV, 'off')
+  assert not autotune.enabled()
+  from hadfl_jax.core import local
+  x_B = jax.ShapeDtypeStruct((problem.batch_size,) + problem.input_shape, jnp.float32)
+  opt_state = jax.eval_shape(problem.optimizer.init, problem.init_params)
+  expected = local.max_width_for_bytes(
+      local.device_working_set_bytes(problem.model.apply, problem.init_params, opt_state, x_B),
+      local.default_bucket_mib() * 2**20)
+  assert engine.LocalTrainer(problem).schedule_for(problem.input_shape).max_width == expected
+  cnn = models.get_model('digits_cnn', 10)
+  assert autotune.training_conv_impl(cnn, None, None, None, 4, (8, 8, 1), 2) == 'patches'
+  assert autotune.inference_plan(cnn, None, (8, 8, 1), 100) == ('lax', 100)

@@ -36,14 +36,18 @@ def _autotune_cache(tmp_path_factory):
   import os  # pylint: disable=g-import-not-at-top
   from hadfl_jax.core import autotune  # pylint: disable=g-import-not-at-top
 
-  before = os.environ.get(autotune.CACHE_ENV)
+  # Measurement is off for the suite (fixed defaults, and no minute of timing loops);
+  # tests/autotune_test.py turns it on.
+  saved = {name: os.environ.get(name) for name in (autotune.CACHE_ENV, autotune.ENABLED_ENV)}
   os.environ[autotune.CACHE_ENV] = str(
       tmp_path_factory.getbasetemp().parent / 'autotune_choices.json')
+  os.environ[autotune.ENABLED_ENV] = '0'
   yield
-  if before is None:
-    os.environ.pop(autotune.CACHE_ENV)
-  else:
-    os.environ[autotune.CACHE_ENV] = before
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name)
+    else:
+      os.environ[name] = value
 
 
 def _registries():

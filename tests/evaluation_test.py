@@ -8,6 +8,7 @@ import pytest
 
 from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
+from hadfl_jax.core import autotune
 from hadfl_jax import models
 
 
@@ -50,7 +51,8 @@ def test_evaluator_for_model_matches_a_plain_loop(name, shape):
     assert device_acc[i] == pytest.approx(dev)
 
 
-def test_evaluation_runs_the_named_or_measured_convolution_and_batch():
+def test_evaluation_runs_the_named_or_measured_convolution_and_batch(monkeypatch):
+  monkeypatch.setenv(autotune.ENABLED_ENV, '1')  # The suite turns it off (conftest).
   cnn = models.get_model('digits_cnn', 10)
   assert cnn.conv_impl == 'patches'
   for impl in ('patches', 'lax'):

@@ -26,7 +26,8 @@ optimizer) and the machine (backend, device kind, CPU model and vector extension
 version), with the times that decided it. The parameter tree is the same for every
 implementation, so checkpoints, run keys and results do not depend on the choice beyond
 float rounding. With several processes, process 0's choice is broadcast so that every
-process compiles the same program.
+process compiles the same program. ``$HADFL_JAX_AUTOTUNE=0`` turns measurement off
+(:func:`enabled`: fixed defaults, e.g. for a test suite).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from hadfl_jax import machine
 PyTree = Any
 
 CACHE_ENV = 'HADFL_JAX_AUTOTUNE_CACHE'
+ENABLED_ENV = 'HADFL_JAX_AUTOTUNE'  # '0' or 'off': no measurement, the fixed defaults.
 CHOICES = ('auto', 'patches', 'lax')  # engine.conv_impl
 _memory: dict[str, dict] = {}
 
@@ -62,6 +64,13 @@ def _eager(fn: Callable) -> Callable:
       return fn(*args, **kwargs)
 
   return wrapped
+
+
+def enabled() -> bool:
+  """Whether ``'auto'`` measures (``$HADFL_JAX_AUTOTUNE`` is not ``0``/``off``). Off, the
+  choices are fixed: training's convolution is the model's own (``patches``), evaluation's
+  the native one at the configured batch size, sub-buckets sized by the MiB budget."""
+  return os.environ.get(ENABLED_ENV, '1').strip().lower() not in ('0', 'off', 'false', 'no')
 
 
 def cache_path() -> str | None:
@@ -219,6 +228,8 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
     return None
   if setting != 'auto':
     return setting
+  if not enabled():
+    return model.conv_impl
   timers = {impl: _training_loop_timer(with_conv_impl(model, impl), params, optimizer, task,
                                        batch_size, input_shape, width, steps)
             for impl in impls}
@@ -277,6 +288,8 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
     return None, max_batch
   if setting != 'auto':
     return setting, max_batch
+  if not enabled():
+    return 'lax', max_batch
   sizes = batch_sizes(max_batch)
   examples = 2 * max(sizes)
   x = jax.random.normal(jax.random.PRNGKey(0), (examples,) + tuple(input_shape))

@@ -134,7 +134,7 @@ class LocalTrainer:
       mib = self.engine.resolved_bucket_mib()
       p = self.problem
       if (self.engine.bucket_mib is None and jax.default_backend() == 'cpu'
-          and jax.process_count() == 1):
+          and jax.process_count() == 1 and autotune.enabled()):
         # Cache blocking measured on this machine rather than sized by a budget (with
         # several processes, the budget: every process must run the same program).
         max_width = autotune.training_width(
