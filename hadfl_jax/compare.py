@@ -98,8 +98,8 @@ from hadfl_jax.comparison.report import report_markdown
 from hadfl_jax.comparison.report import speedup
 from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
-from hadfl_jax.comparison.runs import load_run
 from hadfl_jax.comparison.runs import RunCounter
+from hadfl_jax.comparison.runs import RunIndex
 from hadfl_jax.comparison.runs import RunRecord
 from hadfl_jax.comparison.runs import PointRuns
 from hadfl_jax.comparison.runs import run_dir
@@ -126,7 +126,9 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
   points.
 
   Seed by seed (so that every algorithm's runs of one seed complete together), each grid
-  point runs in ``runs/<algorithm>_<point>/seed<s>`` (cached). A point's result is its
+  point runs in ``runs/<algorithm>_<point>/seed<s>`` (cached; a point that computes what a
+  finished run under another name did, an option at its default, reuses that run:
+  :class:`~hadfl_jax.comparison.runs.RunIndex`). A point's result is its
   runs on all of ``compare.seeds``; the winner is the best by the mean over the seeds
   (:func:`rank_key`). With ``compare.cached_only``, a point some seed of which never ran
   is listed as not run.
@@ -140,6 +142,7 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
   points = {name: (points_of or (lambda n: grid_points(config, n)))(name) for name in names}
   counter = RunCounter(sum(len(p) for p in points.values()) * len(seeds), log)
   found: dict[tuple[str, str], dict[int, RunRecord]] = {}
+  index = RunIndex(workdir)  # A point that another point's run already computed reuses it.
   for seed in seeds:
     setup = None
     for name in names:
@@ -149,13 +152,17 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
         label = f'{name} {tag} seed {seed}'
         setup = setup or setups(seed)
         cfg = apply_point(seeded(config, seed), name, point, setup.problem)
+        rec = index.find(cfg, where)
         if config.compare.get('cached_only'):
-          rec = load_run(cfg, where)
           counter(label, rec and dataclasses.replace(rec, cached=True))
           if rec is None:
             continue  # Not run (CPU time): the point is listed as not run.
         else:
-          rec = run_point(cfg, setup, evaluator, where, verbose)
+          if rec is None:
+            rec = run_point(cfg, setup, evaluator, where, verbose)
+            index.add(cfg, where)
+          else:
+            rec = dataclasses.replace(rec, cached=True)
           counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
                   f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
         found.setdefault((name, tag), {})[seed] = rec.at(point)

@@ -232,6 +232,31 @@ def test_cached_only_collects_finished_runs(config, tmp_path):
   assert empty['algorithms'] == {}
 
 
+
+def test_a_point_at_an_options_default_reuses_the_run_of_the_point_without_it(config, tmp_path):
+  config.compare.algorithms = ('prague',)
+  config.max_sim_time = 2.0
+  first = compare.compare(config, str(tmp_path), log=lambda _: None)
+  base = tmp_path / 'runs' / 'prague_h5_lr0.05' / 'seed0'
+  stamp = os.stat(base / 'summary.json').st_mtime_ns
+  # G = 3 is Prague's default: that point is the run above under another name; G = 2 is new.
+  default = algorithms.ALGORITHMS.get('prague').Config().group_size
+  config.compare.options = f'prague.group_size=2,{default}'
+  lines = []
+  second = compare.compare(config, str(tmp_path), log=lines.append)
+  assert [line.endswith('cached') for line in lines] == [False, True]
+  assert os.stat(base / 'summary.json').st_mtime_ns == stamp
+  assert not (tmp_path / 'runs' / f'prague_group_size{default}_h5_lr0.05').exists()
+  grid = {g['point']['prague.group_size']: g for g in second['algorithms']['prague']['grid']}
+  old = first['algorithms']['prague']['grid'][0]
+  assert grid[default]['time_to_target_s'] == old['time_to_target_s']
+  assert grid[default]['final_consensus_accuracy'] == old['final_consensus_accuracy']
+  # Collecting only finished runs finds it the same way.
+  config.compare.cached_only = True
+  third = compare.compare(config, str(tmp_path), log=lambda _: None)
+  assert third['algorithms']['prague']['grid'] == second['algorithms']['prague']['grid']
+
+
 def test_ablation_over_seeds(tmp_path):
   rows = lambda t1, t2: [
       {'field': 'hadfl.rho', 'value': 0.5, 'time_to_target_s': t1,

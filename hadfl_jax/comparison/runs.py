@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -338,6 +339,51 @@ def load_run(config, workdir: str) -> RunRecord | None:
     wall = json.load(f).get('wall_time_s', float('nan'))
   return RunRecord(summary=summary, history=history, wall_time_s=wall)
 
+
+
+def _canonical(key: dict) -> str:
+  return json.dumps(key, sort_keys=True)
+
+
+class RunIndex:
+  """The finished runs under a comparison's ``runs/``, found by what determines them.
+
+  A grid point is cached in its own directory (:func:`run_dir`), named by its tag. Two
+  points with different tags can be the same run: ``'hadfl.rho': 0.5`` from
+  ``compare.options`` is HADFL's default, so ``hadfl_h20_lr0.1_rho0.5`` computes exactly
+  what ``hadfl_h20_lr0.1`` did. :meth:`find` returns such a run by its run key, wherever
+  it lies, so a grid that gains a dimension reuses the runs that its earlier points made.
+  The directories are read once, on the first lookup; runs made later are added.
+  """
+
+  def __init__(self, workdir: str):
+    self._pattern = os.path.join(workdir, 'runs', '*', 'seed*', RUN_KEY_FILE)
+    self._where: dict[str, str] | None = None
+
+  def _scan(self) -> dict[str, str]:
+    where = {}
+    for path in sorted(glob.glob(self._pattern)):
+      try:
+        with open(path) as f:
+          key = upgrade_run_key(json.load(f))
+      except (OSError, ValueError, KeyError):
+        continue  # Not a run key this version reads: not a cached run.
+      where.setdefault(_canonical(key), os.path.dirname(path))
+    return where
+
+  def find(self, config, workdir: str | None = None) -> RunRecord | None:
+    """The finished run of ``config``: in ``workdir`` if there, else wherever it lies."""
+    found = load_run(config, workdir) if workdir else None
+    if found is None:
+      if self._where is None:
+        self._where = self._scan()
+      other = self._where.get(_canonical(json.loads(json.dumps(run_key(config)))))
+      found = load_run(config, other) if other else None
+    return found
+
+  def add(self, config, workdir: str) -> None:
+    if self._where is not None:
+      self._where.setdefault(_canonical(json.loads(json.dumps(run_key(config)))), workdir)
 
 
 def _drop_locations(key: dict) -> None:
