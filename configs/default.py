@@ -70,9 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The comparison (python -m hadfl_jax.compare; hadfl_jax/comparison/config.py,
   # CompareConfig: algorithms, learning_rates and local_steps grids (HADFL's fastest device
   # runs H steps: t_local = H * profile.seconds_per_step), extra_local_steps, options
-  # (grids of an algorithm's own options), seeds (every point on each; mean and 95% CI),
-  # eval_interval_s and eval_growth, winners_from, cached_only, stop_collapsed, sweep_ratios, sweep,
-  # ablation).
+  # (grids of an algorithm's own options), extend_edges and options_at_best (how the grid
+  # grows), seeds (every point on each; mean and 95% CI), eval_interval_s and eval_growth,
+  # winners_from, cached_only, stop_collapsed, sweep_ratios, sweep, ablation).
   config.compare = comparison.CompareConfig().to_config_dict()
 
   # Faults (docs/spec.md, step 5): every algorithm runs under them (hadfl_jax/core/faults.py).

@@ -28,7 +28,11 @@ profile.seconds_per_step``; DDP has none); ``compare.options`` adds dimensions o
 algorithm's own options (``'prague.group_size=2,3,4;fedbuff.server_lr=0.5,1'``). Every
 point runs on every seed, and the winner is chosen by the mean over the seeds, never by
 the best seed: fewest seeds that missed the target, then the smallest mean time to target,
-then the highest mean final accuracy.
+then the highest mean final accuracy. A grid whose edge won is extended
+(``compare.extend_edges`` rounds: the point at twice or half of the winning learning rate
+or H, until the choice is interior), and ``compare.options_at_best`` runs the options grid
+only at each algorithm's best (lr, H), coordinate-wise, so that an algorithm with options
+is not given a grid several times larger than one without (:func:`search`).
 
 **Fair evaluation.** How finely time to accuracy is resolved depends on how often a run
 is evaluated in *simulated* time, so every run uses the same schedule in simulated
@@ -85,8 +89,10 @@ from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.comparison import stats
 from hadfl_jax.comparison.grid import apply_point
+from hadfl_jax.comparison.grid import edge_points
 from hadfl_jax.comparison.grid import eval_interval
 from hadfl_jax.comparison.grid import grid_points
+from hadfl_jax.comparison.grid import option_points
 from hadfl_jax.comparison.grid import parse_extra_local_steps
 from hadfl_jax.comparison.grid import point_tag
 from hadfl_jax.comparison.report import ablation_over_seeds
@@ -112,7 +118,7 @@ from hadfl_jax.core import profiles
 
 __all__ = ['ABLATION', 'ablation', 'ablation_over_seeds', 'apply_point', 'compare',
            'eval_interval', 'grid_points', 'heterogeneity_sweep', 'parse_extra_local_steps',
-           'point_tag', 'PointRuns', 'rank_key', 'run_point', 'RunRecord', 'SeedSetups',
+           'point_tag', 'PointRuns', 'rank_key', 'run_point', 'RunRecord', 'search', 'SeedSetups',
            'speedup', 'summarise', 'Tuned', 'tune']
 
 
@@ -180,6 +186,49 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
       out[name] = Tuned(best=min(complete, key=rank_key), grid=tuple(complete),
                         skipped=tuple(skipped))
   return out
+
+
+def search(config, setups, evaluator, workdir: str, names: Sequence[str],
+           log=print_line, verbose: bool = False) -> dict[str, Tuned]:
+  """:func:`tune` over each algorithm's grid, then where the grid's edge won, over its
+  extension, then over its options at its best point; returns per algorithm its winner
+  and all points.
+
+  ``compare.extend_edges`` rounds: an algorithm whose chosen learning rate or H is its
+  grid's largest (smallest) gets the point at twice (half) of it
+  (:func:`~hadfl_jax.comparison.grid.edge_points`), until its choice is interior or the
+  rounds are spent. With ``compare.options_at_best`` the algorithm's options grid then
+  runs at its chosen point only (:func:`~hadfl_jax.comparison.grid.option_points`). A
+  point's runs are cached like any other, so the same command finds them again.
+  """
+  tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
+  if config.compare.get('winners_from'):
+    return tuned  # The earlier comparison's winners: nothing to search.
+  points = {name: [g.point for g in t.grid] + [
+      {k: v for k, v in p.items() if k != 'missing_seeds'} for p in t.skipped]
+            for name, t in tuned.items()}
+
+  def more(new: dict[str, list[dict]]) -> None:
+    """Runs the new points and adds them to their algorithms' grids."""
+    new = {name: extra for name, extra in new.items() if extra}
+    for name, extra in new.items():
+      points[name] += extra
+    found = tune(config, setups, evaluator, workdir, tuple(new), points_of=new.get, log=log,
+                 verbose=verbose)
+    for name, extra in new.items():
+      t = found.get(name) or Tuned(best=None, grid=(), skipped=tuple(
+          dict(p, missing_seeds=list(config.compare.seeds)) for p in extra))
+      grid, skipped = tuned[name].grid + t.grid, tuned[name].skipped + t.skipped
+      tuned[name] = Tuned(best=min(grid, key=rank_key), grid=grid, skipped=skipped)
+
+  for _ in range(config.compare.get('extend_edges', 0)):
+    new = {name: edge_points(t.best.point, points[name]) for name, t in tuned.items()}
+    if not any(new.values()):
+      break
+    more(new)
+  if config.compare.get('options_at_best'):
+    more({name: option_points(config, name, t.best.point) for name, t in tuned.items()})
+  return tuned
 
 
 def _profile_setup(setup, config):
@@ -329,7 +378,7 @@ def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> 
                                              task=setup.problem.task,
                                              conv_impl=validation.engine_config(config).conv_impl)
   wall = time.perf_counter()
-  tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
+  tuned = search(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
   results = {'algorithms': summarise(tuned), 'seeds': list(seeds),
              'confidence': stats.CONFIDENCE, 'target_accuracy': config.target_accuracy,
              'eval_interval_s': eval_interval(config, setup.problem),

@@ -220,6 +220,67 @@ def test_grid_points(config):
   assert steps * algorithms.ddp.step_time(problem) == pytest.approx(1.0, rel=0.1)
 
 
+
+def test_edge_points_extend_a_grid_whose_edge_won():
+  from hadfl_jax.comparison import grid
+  points = [{'lr': lr, 'h': h} for lr in (0.05, 0.1) for h in (4, 8, 16)]
+  # The largest lr and the smallest H won: twice the lr and half the H, the rest kept.
+  assert grid.edge_points({'lr': 0.1, 'h': 4}, points) == [{'lr': 0.2, 'h': 4},
+                                                           {'lr': 0.1, 'h': 2}]
+  assert grid.edge_points({'lr': 0.05, 'h': 16, 'hadfl.rho': 0.25}, points) == [
+      {'lr': 0.025, 'h': 16, 'hadfl.rho': 0.25}, {'lr': 0.05, 'h': 32, 'hadfl.rho': 0.25}]
+  assert grid.edge_points({'lr': 0.05, 'h': 8}, points + [{'lr': 0.025, 'h': 8}]) == []
+  # A single value was fixed, not searched; H does not go below 1; DDP has no H.
+  assert grid.edge_points({'lr': 0.1, 'h': 5}, [{'lr': 0.1, 'h': 5}]) == []
+  assert grid.edge_points({'lr': 0.1, 'h': 1}, [{'lr': 0.1, 'h': 1}, {'lr': 0.1, 'h': 2}]) == []
+  assert grid.edge_points({'lr': 0.2}, [{'lr': 0.1}, {'lr': 0.2}]) == [{'lr': 0.4}]
+
+
+def test_option_points_at_the_best_point_leave_the_defaults_out(config):
+  from hadfl_jax.comparison import grid
+  default = algorithms.ALGORITHMS.get('prague').Config().group_size
+  config.compare.options = f'prague.group_size=2,{default},{default + 1};hadfl.rho=0.25'
+  config.compare.options_at_best = True
+  assert compare.grid_points(config, 'prague') == [{'lr': 0.05, 'h': 5}]
+  best = {'lr': 0.1, 'h': 20}
+  assert grid.option_points(config, 'prague', best) == [
+      dict(best, **{'prague.group_size': g}) for g in (2, default + 1)]
+  assert grid.option_points(config, 'dfedavg', best) == []
+
+
+def test_search_extends_the_edge_and_runs_options_at_the_best(config, tmp_path):
+  config.compare.algorithms = ('prague',)
+  config.compare.learning_rates = (0.01, 0.02)
+  config.compare.extend_edges = 1
+  config.compare.options = 'prague.group_size=2'
+  config.compare.options_at_best = True
+  config.max_sim_time = 1.0  # Nobody reaches the target: ranked by final accuracy.
+  lines = []
+  results = compare.compare(config, str(tmp_path), log=lines.append)
+  r = results['algorithms']['prague']
+  points = [g['point'] for g in r['grid']]
+  assert points[:2] == [{'lr': 0.01, 'h': 5}, {'lr': 0.02, 'h': 5}]
+  # Whichever lr won the first grid, the extension is its neighbour outside the grid,
+  # and the options ran at the best point after it.
+  ranked = sorted(r['grid'][:2], key=lambda g: -g['final_consensus_accuracy']['mean'])
+  edge = ranked[0]['point']['lr']
+  assert points[2] == {'lr': edge * 2 if edge == 0.02 else edge / 2, 'h': 5}
+  best = min(r['grid'][:3], key=lambda g: (-g['final_consensus_accuracy']['mean']))['point']
+  assert points[3] == dict(best, **{'prague.group_size': 2})
+  assert len(points) == 4 and len(lines) == 4  # Each point ran once.
+  # The same command finds all of it again.
+  lines.clear()
+  again = compare.compare(config, str(tmp_path), log=lines.append)
+  assert again['algorithms'] == results['algorithms']
+  assert all(line.endswith('cached') for line in lines)
+  # Collecting only finished runs with more rounds: a further edge point is listed as not
+  # run, the rest is unchanged.
+  config.compare.cached_only, config.compare.extend_edges = True, 3
+  collected = compare.compare(config, str(tmp_path), log=None)['algorithms']['prague']
+  assert collected['grid'] == r['grid'] and collected['chosen'] == r['chosen']
+  assert all(p['lr'] not in (0.01, 0.02) for p in collected['not_run'])
+
+
 def test_cached_only_collects_finished_runs(config, tmp_path):
   config.compare.algorithms = ('dfedavg', 'fedavg')
   config.compare.learning_rates = (0.05, 0.1)

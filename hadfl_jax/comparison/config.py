@@ -57,6 +57,11 @@ class CompareConfig(tc.Section):
   extra_local_steps: str = tc.text('', doc="more H for some algorithms: 'dfedavg=20,10;dpsgd=5'")
   options: str = tc.text('', doc="grid dimensions of algorithms' own options: "
                          "'prague.group_size=2,3,4;fedbuff.server_lr=0.5,1.0'")
+  extend_edges: int = tc.integer(0, low=0, doc='rounds of extending a grid whose edge won: '
+                                 'a chosen lr (H) that is its grid\'s largest or smallest gets '
+                                 'the point at twice or half of it, the other coordinates kept')
+  options_at_best: bool = tc.boolean(False, doc='run the options grid only at the best '
+                                     '(lr, H) instead of at every point (coordinate-wise)')
   seeds: tuple = tc.integers((0, 1, 2, 3, 4), low=0,
                              doc='every grid point runs on every seed (partition, '
                              'initialisation, profile, draws); reported as mean and 95% CI')

@@ -35,7 +35,8 @@ def grid_points(config, algorithm: str) -> list[dict]:
   ``'<algorithm>.<field>'`` of ``compare.options``.
 
   With ``compare.winners_from`` (the path of an earlier ``results.json``) the grid is the
-  single point that won there, where that comparison ran the algorithm.
+  single point that won there, where that comparison ran the algorithm. With
+  ``compare.options_at_best`` the options are left out here (:func:`option_points`).
   """
   cmp = config.compare
   if cmp.get('winners_from'):
@@ -46,7 +47,8 @@ def grid_points(config, algorithm: str) -> list[dict]:
   points = []
   extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
   steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
-  options = parse_options(cmp.get('options') or '').get(algorithm, {})
+  options = ({} if cmp.get('options_at_best') else
+             parse_options(cmp.get('options') or '').get(algorithm, {}))
   for lr in cmp.learning_rates:
     base = ([{'lr': float(lr), 'h': int(h)} for h in steps]
             if 'h' in algorithms.grid_knobs(algorithm) else [{'lr': float(lr)}])
@@ -54,6 +56,45 @@ def grid_points(config, algorithm: str) -> list[dict]:
       for values in itertools.product(*options.values()):
         points.append(dict(point, **{f'{algorithm}.{f}': v for f, v in zip(options, values)}))
   return points
+
+
+def edge_points(best: dict, points: list[dict]) -> list[dict]:
+  """The points that extend a grid whose edge won (``compare.extend_edges``).
+
+  For the learning rate and H: where ``best``'s value is the largest (smallest) of at
+  least two in ``points``, the point at twice (half) of it, ``best``'s other coordinates
+  kept (H halves down to 1). A coordinate with a single value was fixed, not searched,
+  and is left alone.
+  """
+  out = []
+  for knob, kind in (('lr', float), ('h', int)):
+    if knob not in best:
+      continue
+    values = sorted({p[knob] for p in points if knob in p})
+    if len(values) < 2:
+      continue
+    if best[knob] == values[-1]:
+      out.append(dict(best, **{knob: kind(best[knob] * 2)}))
+    elif best[knob] == values[0] and (kind is float or best[knob] >= 2):
+      out.append(dict(best, **{knob: kind(best[knob] / 2)}))
+  return [p for p in out if p not in points]
+
+
+def option_points(config, algorithm: str, best: dict) -> list[dict]:
+  """``compare.options_at_best``: the algorithm's options grid at its best (lr, H).
+
+  The combination of the algorithm's defaults is left out: ``best`` ran it already.
+  """
+  options = parse_options(config.compare.get('options') or '').get(algorithm, {})
+  if not options:
+    return []
+  defaults = algorithms.ALGORITHMS.get(algorithm).Config()
+  out = []
+  for values in itertools.product(*options.values()):
+    if all(getattr(defaults, f) == v for f, v in zip(options, values)):
+      continue
+    out.append(dict(best, **{f'{algorithm}.{f}': v for f, v in zip(options, values)}))
+  return out
 
 
 def apply_point(config, algorithm: str, point: dict, problem) -> ml_collections.ConfigDict:
