@@ -13,7 +13,12 @@ cores). Rates:
 * ``eval`` (consensus): :class:`hadfl_jax.evaluation.Evaluator`'s ``model`` on 10,000
   test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
   pass times the batches;
-* ``eval`` (devices): its ``devices`` on N models x 1,000 images.
+* ``eval`` (devices): its ``devices`` on N models x 1,000 images;
+* ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the same model, batch and optimizer as a plain jitted
+  single-device step (forward, backward, momentum SGD) called from a Python loop on
+  float32 batches prepared beforehand, with each convolution: what a researcher writes
+  without the engine, run for as many examples as the engine's ``train``. The engine
+  should be faster per example (``train_vs_plain``: its examples/s over the faster loop's).
 
 Evaluation is measured with each convolution implementation (``patches``, the one that
 keeps the vmapped training loop fast on CPU, and ``lax``, XLA's native convolution) and
@@ -90,6 +95,35 @@ def cost_flops(fn, *args) -> float:
   return cost(fn, *args)[0]
 
 
+def plain_loop(model, impl: str, optimizer, params, images, labels, steps: int):
+  """A plain single-device training loop: one jitted step per batch, from Python.
+
+  Returns (a function running ``steps`` steps from the same state each call, one step's
+  XLA FLOP count).
+  """
+  apply = (autotune.with_conv_impl(model, impl) if impl else model).apply
+
+  def loss(p, x, y):
+    logits = apply({'params': p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(p, o, x, y):
+    updates, o = optimizer.update(jax.grad(loss)(p, x, y), o, p)
+    return optax.apply_updates(p, updates), o
+
+  jitted = jax.jit(step)
+  opt_state = optimizer.init(params)
+  batches = [(images[i], labels[i]) for i in range(len(images))]
+
+  def run():
+    p, o = params, opt_state
+    for i in range(steps):
+      p, o = jitted(p, o, *batches[i % len(batches)])
+    jax.block_until_ready(p)
+
+  return run, cost_flops(step, params, opt_state, *batches[0])
+
+
 def _test_split(n: int) -> data_lib.Split:
   rng = np.random.default_rng(1)
   return data_lib.Split(images=rng.integers(0, 256, (n,) + common.IMAGE_SHAPE, dtype=np.uint8),
@@ -128,6 +162,16 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   x_B = jnp.zeros((EVAL_BATCH,) + common.IMAGE_SHAPE, jnp.float32)
   forward_flops = cost_flops(lambda p, x: model.apply({'params': p}, x), params, x_B)
   fns = {name: (lambda train=train: train(steps)) for name, train in trains.items()}
+  # A plain single-device loop over as many examples as the engine's N devices x steps.
+  rng = np.random.default_rng(2)
+  images = jnp.asarray(rng.random((8, engine.BATCH) + common.IMAGE_SHAPE, np.float32))
+  labels = jnp.asarray(rng.integers(0, common.NUM_CLASSES, (8, engine.BATCH)), jnp.int32)
+  plain_flops = {}
+  has_conv = 'conv_impl' in getattr(model, '__dataclass_fields__', {})
+  for impl in ('patches', 'lax') if has_conv else (None,):
+    name = f'plain loop/{impl or "model"}'
+    fns[name], plain_flops[name] = plain_loop(model, impl, optimizer, params, images, labels,
+                                              num_devices * steps)
   fns['matmul'] = None
   # What the runs use (Evaluator.for_model), and the alternatives: each convolution,
   # device models vmapped 64 at a time (here all N) or one at a time.
@@ -149,18 +193,24 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
   xla_limit = xla_matmul_rate(repeats)
   flops = {name: step_flops * num_devices * steps for name in trains}
+  flops.update({name: f * num_devices * steps for name, f in plain_flops.items()})
   for name in evaluators:
     flops[f'eval_consensus/{name}'] = forward_flops * TEST_EXAMPLES / EVAL_BATCH
     flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
                                      * num_devices)
   rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
   chosen_eval = min(rates['eval_consensus/chosen'], rates['eval_devices/chosen'])
+  examples = num_devices * steps * engine.BATCH
+  examples_per_s = {k: examples / timings[k]['wall'] for k in ('train', *plain_flops)}
+  best_plain = max(examples_per_s[k] for k in plain_flops)
   return dict(model=model_name, num_devices=num_devices, steps=steps, repeats=repeats,
               matmul_flops_per_s=limit, xla_matmul_flops_per_s=xla_limit, flops=flops, seconds={k: t['wall'] for k, t in
                                                                 timings.items()},
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit,
               eval_vs_train=chosen_eval / rates['train'],
+              examples_per_s=examples_per_s,
+              train_vs_plain=examples_per_s['train'] / best_plain,
               chosen_conv=evaluators['chosen'].conv_impl, chosen_train_conv=chosen_train,
               # What bounds training: XLA's bytes accessed per step (caches ignored), the
               # FLOP per byte, and the bytes per second the measured rate implies.
@@ -192,6 +242,12 @@ def markdown(result: dict[str, Any]) -> str:
               f'matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
               f'Evaluation (the slower of consensus and devices, with the chosen convolution '
               f'`{r["chosen_conv"]}`) / training: {r["eval_vs_train"]:.2f} (goal >= 1.0).']
+    if 'train_vs_plain' in r:
+      plain = {k: v for k, v in r['examples_per_s'].items() if k.startswith('plain')}
+      lines += ['', f'Per example: the engine trained {r["examples_per_s"]["train"]:,.0f} '
+                'examples/s; a plain single-device loop of the same step '
+                + ', '.join(f'{v:,.0f} ({k.split("/")[1]})' for k, v in plain.items())
+                + f': the engine / the faster loop = {r["train_vs_plain"]:.2f} (goal > 1).']
     if 'step_bytes' in r:
       lines += ['', f'A training step: {r["step_flops"] / 1e9:.2f} GFLOP over '
                 f'{r["step_bytes"] / 1e6:.0f} MB accessed (XLA cost analysis, caches ignored): '

@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from benchmarks import aggregation
 from benchmarks import common
@@ -49,7 +50,13 @@ def test_run_writes_json_and_markdown(tmp_path):
 def test_flop_rates_are_measured_against_the_matmul_limit():
   row = flops.measure('small_mlp', 2, repeats=1, steps=1)
   assert row['matmul_flops_per_s'] > 0 and row['flops']['train'] > 0
-  assert set(row['flops_per_s']) == {'train', 'eval_consensus/chosen', 'eval_devices/chosen'}
+  assert set(row['flops_per_s']) == {'train', 'eval_consensus/chosen', 'eval_devices/chosen',
+                                     'plain loop/model'}
+  # The plain loop's step is the engine's step: the same FLOP per example (within the
+  # engine's own bookkeeping), and it ran as many examples.
+  assert row['flops']['plain loop/model'] == pytest.approx(row['flops']['train'], rel=0.1)
+  assert row['train_vs_plain'] == pytest.approx(
+      row['examples_per_s']['train'] / row['examples_per_s']['plain loop/model'])
   # One dense forward pass: 2 FLOP per weight per example, within XLA's extra counts.
   model, params = common.init_params('small_mlp')
   weights = sum(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
@@ -57,6 +64,7 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
   assert 2 * weights <= per_example <= 2.5 * weights
   text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
   assert 'vector extensions' in text and '| small_mlp | 2 |' in text
+  assert 'a plain single-device loop of the same step' in text
 
 
 def test_memory_report_names_what_holds_the_memory():
