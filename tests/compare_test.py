@@ -411,3 +411,27 @@ def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
   for name, r in results['algorithms'].items():
     assert {p['lr'] for p in r['not_run']} == (set() if name == 'adpsgd' else {1.6}), name
   _assert_close(results['ablation']['rows'], expected['ablation']['rows'], 'ablation')
+
+
+def test_the_committed_paper_like_tuning_is_found_whole_in_its_cache(tmp_path):
+  # results/paper_mnist_tuning/COMMAND (grid, extended edges, options at the best points)
+  # run again finds every run it needs and chooses the committed winners: nothing is
+  # left to run and nothing reported was hand-edited.
+  if not fixtures.SHARED_MNIST.is_dir():
+    pytest.skip(f'real MNIST IDX files not found at {fixtures.SHARED_MNIST} '
+                '(set HADFL_MNIST_DIR)')
+  committed = fixtures.REPO / 'results' / 'paper_mnist_tuning'
+  config = _command_config(committed / 'COMMAND')
+  config.dataset.idx_dir = str(fixtures.SHARED_MNIST)
+  config.compare.cached_only = True
+  shutil.copytree(committed, tmp_path / 'copy')
+  results = compare.compare(config, str(tmp_path / 'copy'), log=None)
+  with open(committed / 'results.json') as f:
+    expected = json.load(f)
+  _assert_close(json.loads(json.dumps(results['algorithms'])), expected['algorithms'])
+  for name, r in results['algorithms'].items():
+    assert r['not_run'] == [], name
+    for knob in ('lr', 'h'):  # Every choice interior to its grid.
+      values = sorted({g['point'][knob] for g in r['grid'] if knob in g['point']})
+      if knob in r['chosen']:
+        assert values[0] < r['chosen'][knob] < values[-1], (name, knob)
