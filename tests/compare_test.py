@@ -394,19 +394,31 @@ def _command_config(path):
   return config
 
 
-def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
-  # results/quick_digits/COMMAND, run again, finds every run it needs finished in the
-  # committed runs/ and ablation/ and gives the committed results.
-  committed = fixtures.REPO / 'results' / 'quick_digits'
+def _recollect(scenario: str, tmp_path, **fields):
+  """results/<scenario>/COMMAND run again with ``cached_only`` on a copy of its directory
+  (``fields``: config fields the COMMAND leaves to the machine); returns (the results, the
+  committed results.json), whose algorithms it checks equal up to float rounding
+  (Student's t quantiles differ in the last bits between scipy versions)."""
+  committed = fixtures.REPO / 'results' / scenario
   config = _command_config(committed / 'COMMAND')
+  for field, value in fields.items():
+    section, _, name = field.rpartition('.')
+    (config[section] if section else config)[name] = value
+  if config.compare.get('winners_from'):
+    config.compare.winners_from = str(fixtures.REPO / config.compare.winners_from)
   config.compare.cached_only = True
   shutil.copytree(committed, tmp_path / 'copy')
   results = compare.compare(config, str(tmp_path / 'copy'), log=None)
   with open(committed / 'results.json') as f:
     expected = json.load(f)
-  # Equal up to float rounding (Student's t quantiles differ in the last bits between
-  # scipy versions).
   _assert_close(json.loads(json.dumps(results['algorithms'])), expected['algorithms'])
+  return results, expected
+
+
+def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
+  # results/quick_digits/COMMAND, run again, finds every run it needs finished in the
+  # committed runs/ and ablation/ and gives the committed results.
+  results, expected = _recollect('quick_digits', tmp_path)
   # Only lr 1.6, run for AD-PSGD alone (whose best lr, 0.8, was then the grid's edge).
   for name, r in results['algorithms'].items():
     assert {p['lr'] for p in r['not_run']} == (set() if name == 'adpsgd' else {1.6}), name
@@ -422,17 +434,7 @@ def test_the_committed_paper_like_study_is_found_whole_in_its_cache(scenario, tm
   if not fixtures.SHARED_MNIST.is_dir():
     pytest.skip(f'real MNIST IDX files not found at {fixtures.SHARED_MNIST} '
                 '(set HADFL_MNIST_DIR)')
-  committed = fixtures.REPO / 'results' / scenario
-  config = _command_config(committed / 'COMMAND')
-  config.dataset.idx_dir = str(fixtures.SHARED_MNIST)
-  if config.compare.winners_from:
-    config.compare.winners_from = str(fixtures.REPO / config.compare.winners_from)
-  config.compare.cached_only = True
-  shutil.copytree(committed, tmp_path / 'copy')
-  results = compare.compare(config, str(tmp_path / 'copy'), log=None)
-  with open(committed / 'results.json') as f:
-    expected = json.load(f)
-  _assert_close(json.loads(json.dumps(results['algorithms'])), expected['algorithms'])
+  results, _ = _recollect(scenario, tmp_path, **{'dataset.idx_dir': str(fixtures.SHARED_MNIST)})
   for name, r in results['algorithms'].items():
     assert r['not_run'] == [], name
     if scenario == 'paper_mnist_tuning':
