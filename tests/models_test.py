@@ -94,6 +94,31 @@ def test_max_pool_matches_flax_values_and_grads(shape):
   np.testing.assert_array_equal(grad_ours, grad_flax)
 
 
+def test_cnn_is_conv_relu_pool_as_written_in_the_spec():
+  # The CNN pools before its ReLU (cheaper); the spec's order is ReLU then pooling, with
+  # flax's own ops. Same logits, and the same gradients (no ties in random inputs).
+  model = models.get_model('cnn', 10)
+  x = _normal(0, (3, 28, 28, 1))
+  params = _random_params(model, x, 1)
+  labels = jnp.array([0, 4, 9])
+
+  def reference(p, x):
+    for name in ('conv0', 'conv1'):
+      x = layers.conv2d_lax(x, p[name]['kernel']) + p[name]['bias'].reshape(1, 1, 1, -1)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2), padding='VALID')
+    x = nn.relu(x.reshape(x.shape[0], -1) @ p['dense0']['kernel'] + p['dense0']['bias'][None])
+    return x @ p['dense1']['kernel'] + p['dense1']['bias'][None]
+
+  def loss(apply, p):
+    return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), labels).mean()
+
+  ours = lambda p, x: model.apply({'params': p}, x)
+  np.testing.assert_allclose(ours(params, x), reference(params, x), **TOL)
+  grads = [jax.grad(loss, argnums=1)(f, params) for f in (ours, reference)]
+  for g_ours, g_ref in zip(*map(jax.tree.leaves, grads)):
+    np.testing.assert_allclose(g_ours, g_ref, **TOL)
+
+
 # Parameter counts by hand: a dense layer has in * out + out, a 3x3 conv 9 * C * F + F.
 PARAM_COUNTS = {
     # 784-200-200-10.
