@@ -14,6 +14,10 @@ cores). Rates:
   test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
   pass times the batches;
 * ``eval`` (devices): its ``devices`` on N models x 1,000 images;
+* bandwidth: XLA's elementwise ``a * 1.5 + b`` on arrays the size of the step's
+  activations and on arrays far larger than the caches, bytes moved per second; times the
+  step's FLOP per byte (XLA's cost analysis) it bounds the FLOP rate of a step that is
+  limited by data movement rather than by its matmuls (``train_vs_bandwidth_bound``);
 * ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the same model, batch and optimizer as a plain jitted
   single-device step (forward, backward, momentum SGD) called from a Python loop on
   float32 batches prepared beforehand, with each convolution: what a researcher writes
@@ -50,6 +54,9 @@ from hadfl_jax.core import local
 MATMUL_N = 2048
 TEST_EXAMPLES = 10_000
 EVAL_BATCH = 1_000
+# Array sizes of the bandwidth measurement: that of the step's largest activations
+# (caches), and far beyond every cache (memory).
+BANDWIDTH_BYTES = {'cache': 4 << 20, 'memory': 256 << 20}
 DEVICE_EXAMPLES = 1_000
 
 
@@ -80,6 +87,26 @@ def xla_matmul_rate(repeats: int) -> float:
     jax.block_until_ready(dot(a, b))
     times.append(time.perf_counter() - start)
   return 2 * MATMUL_N**3 / float(np.median(times))
+
+
+def xla_bandwidth(nbytes: int, repeats: int) -> float:
+  """Bytes/s of XLA's elementwise ``a * 1.5 + b`` on float32 arrays of ``nbytes`` each
+  (three arrays moved per call, jitted, the median of ``repeats`` calls): the rate at
+  which the training step's copies, pads and selects can move data, on arrays the size of
+  its activations (caches) or far larger (memory)."""
+  n = nbytes // 4
+  a, b = jnp.ones((n,), jnp.float32), jnp.full((n,), 2.0, jnp.float32)
+  triad = jax.jit(lambda a, b: a * 1.5 + b)
+  jax.block_until_ready(triad(a, b))
+  calls = max(1, (64 << 20) // nbytes)  # At least 64 MB per timing.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(calls):
+      out = triad(a, b)
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / calls)
+  return 3 * 4 * n / float(np.median(times))
 
 
 def cost(fn, *args) -> tuple[float, float]:
@@ -192,6 +219,8 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   timings = common.interleaved_timings(fns, repeats)
   limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
   xla_limit = xla_matmul_rate(repeats)
+  bandwidth = {'cache': xla_bandwidth(BANDWIDTH_BYTES['cache'], 5 * repeats),
+               'memory': xla_bandwidth(BANDWIDTH_BYTES['memory'], repeats)}
   flops = {name: step_flops * num_devices * steps for name in trains}
   flops.update({name: f * num_devices * steps for name, f in plain_flops.items()})
   for name in evaluators:
@@ -216,7 +245,13 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
               # FLOP per byte, and the bytes per second the measured rate implies.
               step_flops=step_flops, step_bytes=step_bytes,
               train_intensity=step_flops / step_bytes,
-              train_bytes_per_s=rates['train'] / (step_flops / step_bytes))
+              train_bytes_per_s=rates['train'] / (step_flops / step_bytes),
+              # Against the data movement the machine sustains: the bound that the step's
+              # FLOP per byte and that bandwidth put on its FLOP rate (a roofline).
+              bandwidth=bandwidth,
+              train_vs_bandwidth_bound={
+                  k: rates['train'] / min(limit, bw * step_flops / step_bytes)
+                  for k, bw in bandwidth.items()})
 
 
 
@@ -255,6 +290,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f'{r["train_bytes_per_s"] / 1e9:.1f} GB/s. XLA\'s own float32 matmul (jitted '
                 f'`jnp.dot`, the same product) ran at '
                 f'{r.get("xla_matmul_flops_per_s", float("nan")) / 1e9:.0f} GFLOP/s.']
+    if 'bandwidth' in r:
+      bw, bound = r['bandwidth'], r['train_vs_bandwidth_bound']
+      lines += ['', f'XLA\'s elementwise `a * 1.5 + b` moved {bw["cache"] / 1e9:.1f} GB/s on '
+                f'{BANDWIDTH_BYTES["cache"] >> 20} MB arrays (the size of the step\'s '
+                f'activations) and {bw["memory"] / 1e9:.1f} GB/s on '
+                f'{BANDWIDTH_BYTES["memory"] >> 20} MB ones. At the step\'s FLOP per byte '
+                f'those bound training at {bw["cache"] * r["train_intensity"] / 1e9:.0f} and '
+                f'{bw["memory"] * r["train_intensity"] / 1e9:.0f} GFLOP/s (or the matmul '
+                f'rate, if lower): training ran at {bound["cache"]:.2f} and '
+                f'{bound["memory"]:.2f} of those bounds.']
   return '\n'.join(lines) + '\n'
 
 

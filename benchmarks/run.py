@@ -19,6 +19,8 @@ Sections (``--only``):
 * ``scale``: 10,000 devices on MNIST, memory (:mod:`benchmarks.scale`);
 * ``memory``: peak resident memory of paper-like and many-devices runs, and what holds
   it (:mod:`benchmarks.memory`);
+* ``step_profile``: a training step's XLA ops timed by JAX's profiler, matmuls against the
+  data movement around them (:mod:`benchmarks.step_profile`);
 * ``eval_share``: the share of a paper-like run's wall time spent evaluating, at the
   comparison's schedule (:mod:`benchmarks.eval_share`);
 * ``compile``: compile time, no recompilation, cost of buckets (:mod:`benchmarks.compile_time`);
@@ -53,11 +55,13 @@ from benchmarks import flops
 from benchmarks import memory
 from benchmarks import scale
 from benchmarks import sharding_bench
+from benchmarks import step_profile
 from benchmarks import waste
 
 SECTIONS = {
     'engine': (engine, 'Engine against a naive loop and the one-big-batch limit'),
     'flops': (flops, 'FLOP rates: training and evaluation against the matmul limit'),
+    'step_profile': (step_profile, "Where a training step's time goes"),
     'waste': (waste, 'Masking waste, and what budget-sorted buckets save'),
     'aggregation': (aggregation, 'Aggregation: O(K M), not O(N^2 M)'),
     'scale': (scale, '10,000 devices: memory'),

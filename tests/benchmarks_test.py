@@ -11,6 +11,7 @@ from benchmarks import common
 from benchmarks import engine
 from benchmarks import eval_share
 from benchmarks import flops
+from benchmarks import step_profile
 from benchmarks import memory
 from benchmarks import run
 from benchmarks import waste
@@ -62,9 +63,29 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
   weights = sum(x.size for x in jax.tree.leaves(params) if x.ndim == 2)
   per_example = row['flops']['eval_consensus/chosen'] / flops.TEST_EXAMPLES
   assert 2 * weights <= per_example <= 2.5 * weights
+  # The roofline: the step's FLOP per byte times the measured bandwidth, or the matmul rate.
+  for where, bw in row['bandwidth'].items():
+    bound = min(row['matmul_flops_per_s'], bw * row['train_intensity'])
+    assert row['train_vs_bandwidth_bound'][where] == pytest.approx(
+        row['flops_per_s']['train'] / bound)
   text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
   assert 'vector extensions' in text and '| small_mlp | 2 |' in text
-  assert 'a plain single-device loop of the same step' in text
+  assert 'a plain single-device loop of the same step' in text and 'GB/s on 4 MB' in text
+
+
+def test_step_profile_counts_the_dots_flop_by_hand():
+  row = step_profile.measure('small_mlp', steps=3, repeats=1)
+  # Dense layers (in, out), batch B: forward and weight gradient 2 B in out FLOP each, the
+  # input gradient too except for the first layer (the images get none).
+  _, params = common.init_params('small_mlp')
+  kernels = [x.shape for x in jax.tree.leaves(params) if x.ndim == 2]
+  batch = step_profile.BATCH
+  by_hand = sum(3 * 2 * batch * i * o for i, o in kernels) - 2 * batch * kernels[0][0] * kernels[0][1]
+  assert row['dot_flops'] == by_hand
+  assert row['matmul_s'] > 0 and row['data_movement_s'] > 0
+  assert row['matmul_share'] == pytest.approx(row['matmul_s'] / row['ops_s'])
+  assert any(o['matmul'] for o in row['top_ops'])
+  assert '**' in step_profile.markdown({'rows': [row], 'device': common.cpu_info()})
 
 
 def test_memory_report_names_what_holds_the_memory():

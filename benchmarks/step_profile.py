@@ -1,0 +1,188 @@
+r"""Where a training step's time goes: XLA's ops of one step, timed by JAX's profiler.
+
+The training step (one device, batch 32, forward, backward and momentum SGD: what the
+engine runs per device per local step) is compiled once and called ``steps`` times under
+``jax.profiler.trace``. The trace's per-op events (one per XLA thunk: a fusion, a dot, a
+copy) are summed per op and divided by the steps. Each op is classed from the compiled
+HLO: ``matmul`` if its computation holds a ``dot`` (the convolutions' and dense layers'
+products, forward and backward), ``data movement`` otherwise (building the convolution's
+patches, summing their gradient back, pooling, its gradient, ReLU masks, transposes, the
+optimizer's update). The report gives each class's share of the step and the matmuls'
+FLOP rate (XLA's cost analysis of the dots), against numpy's float32 matmul rate measured
+in the same run: what bounds training is the class that holds most of the time.
+
+Independent ops may run at the same time on different cores (XLA:CPU's thunk executor),
+so per-op times can add to a little more or less than the step's wall time; the report
+gives both.
+
+  python -m benchmarks.step_profile --out benchmarks/results     # about 20 s on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from benchmarks import common
+from benchmarks import flops as flops_lib
+
+BATCH = 32
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = ', re.M)
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) ')
+
+
+def matmul_ops(hlo: str) -> set[str]:
+  """Names of the top-level ops of compiled HLO text that compute a ``dot``: the dots
+  themselves and every fusion whose called computation holds one."""
+  with_dot, calls, computation = set(), {}, None
+  for line in hlo.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and line.rstrip().endswith('{'):
+      computation = header.group(1)
+      continue
+    if ' dot(' in line and computation is not None:
+      with_dot.add(computation)
+    match = _INSTRUCTION.match(line)
+    if match:
+      called = re.search(r'calls=%([\w.\-]+)', line)
+      calls[match.group(1)] = (' dot(' in line, called.group(1) if called else None)
+  return {name for name, (is_dot, called) in calls.items()
+          if is_dot or (called is not None and called in with_dot)}
+
+
+def op_times(fn, args, steps: int) -> dict[str, float]:
+  """Seconds per call of each XLA op of ``fn`` (compiled), from a profiler trace."""
+  jitted = jax.jit(fn)
+  jax.block_until_ready(jitted(*args))
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+      for _ in range(steps):
+        out = jitted(*args)
+      jax.block_until_ready(out)
+    paths = glob.glob(os.path.join(logdir, '**', 'perfetto_trace.json.gz'), recursive=True)
+    if not paths:
+      raise RuntimeError(f'jax.profiler.trace wrote no perfetto trace under {logdir}')
+    with gzip.open(paths[0]) as f:
+      trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  total = collections.Counter()
+  for event in events:
+    if event.get('ph') == 'X':
+      total[event['name']] += event['dur'] * 1e-6  # Microseconds.
+  return {name: seconds / steps for name, seconds in total.items()}
+
+
+def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
+  """One device's training step of ``model_name``, op by op."""
+  model, params = common.init_params(model_name)
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  rng = np.random.default_rng(0)
+  x = rng.random((BATCH,) + common.IMAGE_SHAPE, np.float32)
+  y = rng.integers(0, common.NUM_CLASSES, (BATCH,)).astype(np.int32)
+
+  def loss(p, x, y):
+    logits = model.apply({'params': p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  def step(p, o, x, y):
+    updates, o = optimizer.update(jax.grad(loss)(p, x, y), o, p)
+    return optax.apply_updates(p, updates), o
+
+  args = (params, optimizer.init(params), x, y)
+  hlo = jax.jit(step).lower(*args).compile().as_text()
+  # Only the entry computation's ops are thunks of their own, timed in the trace.
+  entry = set(_INSTRUCTION.findall(hlo.split('\nENTRY', 1)[1]))
+  matmuls = matmul_ops(hlo) & entry
+  per_op = {name: t for name, t in op_times(step, args, steps).items() if name in entry}
+  jitted = jax.jit(step)
+  wall = common.interleaved_medians(
+      {'step': lambda: jax.block_until_ready(
+          [jitted(*args) for _ in range(steps)])}, repeats)['step'] / steps
+  dot_flops = dot_flop_count(hlo)
+  matmul_time = sum(t for name, t in per_op.items() if name in matmuls)
+  other_time = sum(t for name, t in per_op.items() if name not in matmuls)
+  limit = flops_lib.matmul_rate(repeats)
+  step_flops = flops_lib.cost_flops(step, *args)
+  top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
+  return dict(model=model_name, batch=BATCH, steps=steps, wall_s=wall,
+              ops_s=matmul_time + other_time, matmul_s=matmul_time, data_movement_s=other_time,
+              matmul_share=matmul_time / (matmul_time + other_time),
+              step_flops=step_flops, dot_flops=dot_flops,
+              matmul_flops_per_s=dot_flops / matmul_time if matmul_time else float('nan'),
+              numpy_matmul_flops_per_s=limit, train_flops_per_s=step_flops / wall,
+              top_ops=[dict(name=n, seconds=t, matmul=n in matmuls) for n, t in top],
+              num_ops=len(per_op))
+
+
+def dot_flop_count(hlo: str) -> float:
+  """FLOP of every ``dot`` in compiled HLO text: 2 x (elements of the output) x (the
+  contracted size), from the shapes the text declares (XLA names are unique per module)."""
+  shapes = {m.group(1): [int(d) for d in m.group(2).split(',') if d]
+            for m in re.finditer(r'^\s*(?:ROOT )?%([\w.\-]+) = f32\[([\d,]*)\]', hlo, re.M)}
+  total = 0.0
+  for line in hlo.splitlines():
+    m = re.match(r'^\s*(?:ROOT )?%[\w.\-]+ = f32\[([\d,]*)\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\)'
+                 r'.*?lhs_contracting_dims=\{([\d,]*)\}', line)
+    if not m:
+      continue
+    out = [int(d) for d in m.group(1).split(',') if d]
+    lhs = shapes[m.group(2)]
+    contracted = int(np.prod([lhs[int(d)] for d in m.group(4).split(',') if d]))
+    total += 2.0 * float(np.prod(out)) * contracted
+  return total
+
+
+def run(quick: bool) -> dict[str, Any]:
+  return dict(rows=[measure('cnn', steps=10 if quick else 100, repeats=2 if quick else 5)],
+              device=common.cpu_info())
+
+
+def markdown(result: dict[str, Any]) -> str:
+  dev = result['device']
+  lines = [f'Machine: {dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
+           f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}.', '']
+  for r in result['rows']:
+    lines += [
+        f'`{r["model"]}`, one device, batch {r["batch"]}: a training step took '
+        f'{r["wall_s"] * 1e3:.2f} ms ({r["train_flops_per_s"] / 1e9:.0f} GFLOP/s, '
+        f'{r["train_flops_per_s"] / r["numpy_matmul_flops_per_s"]:.2f} of numpy\'s float32 '
+        f'matmul, {r["numpy_matmul_flops_per_s"] / 1e9:.0f} GFLOP/s in this run); its '
+        f'{r["num_ops"]} XLA ops add to {r["ops_s"] * 1e3:.2f} ms.', '',
+        f'- matmuls: {r["matmul_s"] * 1e3:.2f} ms, **{r["matmul_share"]:.0%}** of the ops\' '
+        f'time, {r["dot_flops"] / 1e9:.2f} GFLOP at '
+        f'{r["matmul_flops_per_s"] / 1e9:.0f} GFLOP/s '
+        f'({r["matmul_flops_per_s"] / r["numpy_matmul_flops_per_s"]:.2f} of numpy\'s);',
+        f'- data movement (patches, their gradient, pooling, masks, transposes, the '
+        f'update): {r["data_movement_s"] * 1e3:.2f} ms, **{1 - r["matmul_share"]:.0%}**.', '',
+        '| op | ms per step | matmul |', '|---|---|---|']
+    lines += [f'| `{o["name"]}` | {o["seconds"] * 1e3:.3f} | {"yes" if o["matmul"] else ""} |'
+              for o in r['top_ops']]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--quick', action='store_true')
+  args = parser.parse_args(argv)
+  result = run(args.quick)
+  text = markdown(result)
+  common.write_result(args.out, 'step_profile', "Where a training step's time goes", result,
+                      text)
+  print(text)
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(main())
