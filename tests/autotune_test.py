@@ -93,6 +93,7 @@ def test_training_convolution_measured_in_the_engine_loop(tmp_path, monkeypatch)
 def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):
   quick_config.model = 'digits_cnn'
   quick_config.engine.conv_impl = 'lax'
+  quick_config.hadfl.t_local = 0.02  # Two local steps: XLA:CPU runs lax.conv slowly in loops.
   setup = train.build_setup(quick_config)
   assert setup.problem.model.conv_impl == 'lax'
   assert setup.implementation == {'training_conv': 'lax'}
