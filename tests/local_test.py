@@ -30,6 +30,7 @@ def _train(step, devices, data, budgets_N, schedule):
 @pytest.mark.parametrize('widths,max_width,shards', [
     ((1, 2, 3), 0, 1), ((1,) * 6, 0, 1), ((), 2, 1), ((), 4, 1), ((1, 5), 2, 1),
     ((), 0, 2), ((2, 1), 0, 2), ((1, 1), 0, 3), ((), 1, 3),
+    ((), 1, 1),  # Sub-buckets of one device: no vmap and no mask (local._lift).
 ])
 def test_buckets_match_single_loop(six_devices, widths, max_width, shards):
   step, devices, data = six_devices

@@ -311,6 +311,23 @@ def fit_bucket_widths(speed_N, num_buckets: int, num_shards: int = 1,
   return () if len(widths) == 1 else tuple(int(w) for w in widths)
 
 
+def _lift(device_step):
+  """``device_step`` over a leading device axis: ``jax.vmap``, except for an axis of one
+  device, which is dropped and restored around a plain call. XLA:CPU splits a loop fusion
+  over threads along its outer dimension; a vmap of one device puts a dimension of size 1
+  there, and the step's largest copies (the convolution's patches) ran single-threaded
+  (``benchmarks/step_profile.py``)."""
+  vmapped = jax.vmap(device_step)
+
+  def step_N(*args):
+    if jax.tree.leaves(args)[0].shape[0] != 1:
+      return vmapped(*args)
+    out = device_step(*jax.tree.map(lambda x: x[0], args))
+    return jax.tree.map(lambda x: x[None], out)
+
+  return step_N
+
+
 def _masked_loop(step_N, params, opt_state, steps_N, inputs, budgets_N):
   """The masked while loop over devices ``(params, opt_state, steps_N)`` (leading axis n).
 
@@ -335,6 +352,10 @@ def _masked_loop(step_N, params, opt_state, steps_N, inputs, budgets_N):
   def body(carry):
     t, params, opt_state, steps, loss_sum = carry
     new_params, new_opt, loss_N = step_N(params, opt_state, key, steps, images, labels, counts)
+    if budgets_N.shape[0] == 1:
+      # One device: the loop runs exactly its budget, so every step is active and there
+      # is nothing to mask (a sub-bucket of width 1, what autotune picks on some CPUs).
+      return t + 1, new_params, new_opt, steps + 1, loss_sum + loss_N
     active_N = t < budgets_N
     params = select_tree(active_N, new_params, params)
     opt_state = select_tree(active_N, new_opt, opt_state)
@@ -421,7 +442,7 @@ def masked_local_train(
   num_devices = devices.num_devices
   chex.assert_shape(budgets_N, (num_devices,))
   schedule.check(num_devices)
-  step_N = jax.vmap(device_step)
+  step_N = _lift(device_step)
   inputs = (devices.key, data.images, data.labels, data.counts)
   args = (step_N, devices.params, devices.opt_state, devices.steps, inputs, budgets_N)
   if schedule.is_single_loop(num_devices):
