@@ -9,6 +9,7 @@ whose cores other processes keep busy it measures the work done, not the waiting
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -212,6 +213,20 @@ def write_result(out: str, name: str, title: str, result: dict[str, Any], text: 
     json.dump(result, f, indent=2)
   with open(os.path.join(out, f'{name}.md'), 'w') as f:
     f.write(f'# {title}\n\n{text}')
+
+
+def section_main(module, name: str, title: str, argv=None) -> int:
+  """The command line of a benchmark section: ``--out DIR [--quick]`` runs
+  ``module.run(quick)`` and writes ``DIR/NAME.json`` and ``DIR/NAME.md``."""
+  parser = argparse.ArgumentParser(description=module.__doc__.split('\n')[0])
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--quick', action='store_true')
+  args = parser.parse_args(argv)
+  result = module.run(args.quick)
+  text = module.markdown(result)
+  write_result(args.out, name, title, result, text)
+  print(text)
+  return 0
 
 
 def cpu_info() -> dict[str, Any]:

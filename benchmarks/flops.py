@@ -35,7 +35,7 @@ counts a loop's body once, which is why FLOP are taken from single steps and bat
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from typing import Any
 
@@ -304,16 +304,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--quick', action='store_true')
-  args = parser.parse_args(argv)
-  result = run(args.quick)
-  text = markdown(result)
-  common.write_result(args.out, 'flops', 'FLOP rates: training, evaluation and the matmul limit',
-                      result, text)
-  print(text)
-  return 0
+  return common.section_main(sys.modules[__name__], 'flops',
+                             'FLOP rates: training, evaluation and the matmul limit', argv)
 
 
 if __name__ == '__main__':

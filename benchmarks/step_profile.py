@@ -20,13 +20,13 @@ gives both.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
 import json
 import os
 import re
+import sys
 import tempfile
 from typing import Any
 
@@ -61,9 +61,8 @@ def matmul_ops(hlo: str) -> set[str]:
           if is_dot or (called is not None and called in with_dot)}
 
 
-def op_times(fn, args, steps: int) -> dict[str, float]:
-  """Seconds per call of each XLA op of ``fn`` (compiled), from a profiler trace."""
-  jitted = jax.jit(fn)
+def op_times(jitted, args, steps: int) -> dict[str, float]:
+  """Seconds per call of each XLA op of the jitted function, from a profiler trace."""
   jax.block_until_ready(jitted(*args))
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir, create_perfetto_trace=True):
@@ -100,12 +99,12 @@ def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
     return optax.apply_updates(p, updates), o
 
   args = (params, optimizer.init(params), x, y)
-  hlo = jax.jit(step).lower(*args).compile().as_text()
+  jitted = jax.jit(step)
+  hlo = jitted.lower(*args).compile().as_text()
   # Only the entry computation's ops are thunks of their own, timed in the trace.
   entry = set(_INSTRUCTION.findall(hlo.split('\nENTRY', 1)[1]))
   matmuls = matmul_ops(hlo) & entry
-  per_op = {name: t for name, t in op_times(step, args, steps).items() if name in entry}
-  jitted = jax.jit(step)
+  per_op = {name: t for name, t in op_times(jitted, args, steps).items() if name in entry}
   wall = common.interleaved_medians(
       {'step': lambda: jax.block_until_ready(
           [jitted(*args) for _ in range(steps)])}, repeats)['step'] / steps
@@ -172,16 +171,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--quick', action='store_true')
-  args = parser.parse_args(argv)
-  result = run(args.quick)
-  text = markdown(result)
-  common.write_result(args.out, 'step_profile', "Where a training step's time goes", result,
-                      text)
-  print(text)
-  return 0
+  return common.section_main(sys.modules[__name__], 'step_profile',
+                             "Where a training step's time goes", argv)
 
 
 if __name__ == '__main__':

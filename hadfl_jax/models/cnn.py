@@ -55,7 +55,7 @@ class CNN(nn.Module):
     for i, width in enumerate(self.features):
       x = layers.Conv2D(width, kernel_size=3, impl=self.conv_impl, name=f'conv{i}')(x)
       # Pooling before the ReLU: the same values (max and ReLU commute), and the ReLU and
-      # its gradient touch a quarter of the elements (benchmarks/flops.py measures it).
+      # its gradient touch a quarter of the elements.
       x = nn.relu(layers.max_pool_2x2(x))
     x_BxD = x.reshape(x.shape[0], -1)
     x_BxD = nn.relu(nn.Dense(self.hidden, name='dense0')(x_BxD))
