@@ -8,11 +8,16 @@ cores). Rates:
 * ``matmul``: 2 * 2048^3 FLOP per product (and the same product through XLA, to tell a
   slow step from a slow matmul);
 * ``train``: the engine's local training (:func:`hadfl_jax.core.local.masked_local_train`,
-  N devices vmapped, batch 32, H steps), FLOP from XLA's cost analysis of one device's
+  N devices vmapped, batch 32, H steps), FLOP from XLA's cost analysis of one plain
   step (forward, backward, optimizer update) times N * H;
 * ``eval`` (consensus): :class:`hadfl_jax.evaluation.Evaluator`'s ``model`` on 10,000
   test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
   pass times the batches;
+
+The FLOP of a step or a forward pass are the model's own, the same whichever convolution
+runs (:func:`model_flops`): XLA's count with the standard convolution, which counts a
+convolution's multiply-adds without its padding taps (0.75 GFLOP per training step of the
+paper-like CNN at batch 32, against 0.82 counting the padding).
 * ``eval`` (devices): its ``devices`` on N models x 1,000 images;
 * bandwidth: XLA's elementwise ``a * 1.5 + b`` on arrays the size of the step's
   activations and on arrays far larger than the caches, bytes moved per second; times the
@@ -35,6 +40,7 @@ counts a loop's body once, which is why FLOP are taken from single steps and bat
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
@@ -122,23 +128,39 @@ def cost_flops(fn, *args) -> float:
   return cost(fn, *args)[0]
 
 
-def plain_loop(model, impl: str, optimizer, params, images, labels, steps: int):
-  """A plain single-device training loop: one jitted step per batch, from Python.
-
-  Returns (a function running ``steps`` steps from the same state each call, one step's
-  XLA FLOP count).
-  """
-  apply = (autotune.with_conv_impl(model, impl) if impl else model).apply
+def plain_step(model, optimizer):
+  """One training step of ``model`` (forward, backward, optimizer update), unjitted."""
 
   def loss(p, x, y):
-    logits = apply({'params': p}, x)
+    logits = model.apply({'params': p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   def step(p, o, x, y):
     updates, o = optimizer.update(jax.grad(loss)(p, x, y), o, p)
     return optax.apply_updates(p, updates), o
 
-  jitted = jax.jit(step)
+  return step
+
+
+def model_flops(model, fn, *args) -> float:
+  """XLA's FLOP count of ``fn(model_with_standard_conv, *args)``: the model's own FLOP.
+
+  Implementations of one model compute different FLOP for the same function (the
+  patches block's window form does 1.78x a few-channel convolution's multiply-adds, in a
+  faster matmul); rates count the same FLOP for all of them, those of the standard
+  convolution (``conv_impl='lax'``) where the model has the choice.
+  """
+  reference = autotune.with_conv_impl(model, 'lax') if autotune.conv_impls(model) else model
+  return cost_flops(functools.partial(fn, reference), *args)
+
+
+def plain_loop(model, impl: str, optimizer, params, images, labels, steps: int):
+  """A plain single-device training loop: one jitted step per batch, from Python.
+
+  Returns a function running ``steps`` steps from the same state each call.
+  """
+  jitted = jax.jit(plain_step(autotune.with_conv_impl(model, impl) if impl else model,
+                              optimizer))
   opt_state = optimizer.init(params)
   batches = [(images[i], labels[i]) for i in range(len(images))]
 
@@ -148,7 +170,7 @@ def plain_loop(model, impl: str, optimizer, params, images, labels, steps: int):
       p, o = jitted(p, o, *batches[i % len(batches)])
     jax.block_until_ready(p)
 
-  return run, cost_flops(step, params, opt_state, *batches[0])
+  return run
 
 
 def _test_split(n: int) -> data_lib.Split:
@@ -180,25 +202,30 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
                                   schedule)
   step = device_steps['train']
   opt_state = optimizer.init(params)
-  step_flops, step_bytes = cost(
+  # Bytes as the chosen implementation accesses them; FLOP the model's own.
+  _, step_bytes = cost(
       lambda p, o: step(p, o, jax.random.PRNGKey(0), 0, data.images[0], data.labels[0],
                         data.counts[0])[:2], params, opt_state)
+  x_b = jnp.zeros((engine.BATCH,) + common.IMAGE_SHAPE, jnp.float32)
+  y_b = jnp.zeros((engine.BATCH,), jnp.int32)
+  step_flops = model_flops(model, lambda m, *a: plain_step(m, optimizer)(*a),
+                           params, opt_state, x_b, y_b)
 
   test = _test_split(TEST_EXAMPLES)
   params_N = jax.tree.map(lambda x: jnp.stack([x] * num_devices), params)
   x_B = jnp.zeros((EVAL_BATCH,) + common.IMAGE_SHAPE, jnp.float32)
-  forward_flops = cost_flops(lambda p, x: model.apply({'params': p}, x), params, x_B)
+  forward_flops = model_flops(model, lambda m, p, x: m.apply({'params': p}, x), params, x_B)
   fns = {name: (lambda train=train: train(steps)) for name, train in trains.items()}
   # A plain single-device loop over as many examples as the engine's N devices x steps.
   rng = np.random.default_rng(2)
   images = jnp.asarray(rng.random((8, engine.BATCH) + common.IMAGE_SHAPE, np.float32))
   labels = jnp.asarray(rng.integers(0, common.NUM_CLASSES, (8, engine.BATCH)), jnp.int32)
-  plain_flops = {}
+  plain_names = []
   has_conv = 'conv_impl' in getattr(model, '__dataclass_fields__', {})
   for impl in ('patches', 'lax') if has_conv else (None,):
     name = f'plain loop/{impl or "model"}'
-    fns[name], plain_flops[name] = plain_loop(model, impl, optimizer, params, images, labels,
-                                              num_devices * steps)
+    plain_names.append(name)
+    fns[name] = plain_loop(model, impl, optimizer, params, images, labels, num_devices * steps)
   fns['matmul'] = None
   # What the runs use (Evaluator.for_model), and the alternatives: each convolution,
   # device models vmapped 64 at a time (here all N) or one at a time.
@@ -221,8 +248,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   xla_limit = xla_matmul_rate(repeats)
   bandwidth = {'cache': xla_bandwidth(BANDWIDTH_BYTES['cache'], 5 * repeats),
                'memory': xla_bandwidth(BANDWIDTH_BYTES['memory'], repeats)}
-  flops = {name: step_flops * num_devices * steps for name in trains}
-  flops.update({name: f * num_devices * steps for name, f in plain_flops.items()})
+  flops = {name: step_flops * num_devices * steps for name in (*trains, *plain_names)}
   for name in evaluators:
     flops[f'eval_consensus/{name}'] = forward_flops * TEST_EXAMPLES / EVAL_BATCH
     flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
@@ -230,8 +256,8 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
   chosen_eval = min(rates['eval_consensus/chosen'], rates['eval_devices/chosen'])
   examples = num_devices * steps * engine.BATCH
-  examples_per_s = {k: examples / timings[k]['wall'] for k in ('train', *plain_flops)}
-  best_plain = max(examples_per_s[k] for k in plain_flops)
+  examples_per_s = {k: examples / timings[k]['wall'] for k in ('train', *plain_names)}
+  best_plain = max(examples_per_s[k] for k in plain_names)
   return dict(model=model_name, num_devices=num_devices, steps=steps, repeats=repeats,
               matmul_flops_per_s=limit, xla_matmul_flops_per_s=xla_limit, flops=flops, seconds={k: t['wall'] for k, t in
                                                                 timings.items()},

@@ -112,7 +112,8 @@ def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
   matmul_time = sum(t for name, t in per_op.items() if name in matmuls)
   other_time = sum(t for name, t in per_op.items() if name not in matmuls)
   limit = flops_lib.matmul_rate(repeats)
-  step_flops = flops_lib.cost_flops(step, *args)
+  step_flops = flops_lib.model_flops(
+      model, lambda m, *a: flops_lib.plain_step(m, optimizer)(*a), *args)
   top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
   return dict(model=model_name, batch=BATCH, steps=steps, wall_s=wall,
               ops_s=matmul_time + other_time, matmul_s=matmul_time, data_movement_s=other_time,

@@ -94,6 +94,96 @@ def test_max_pool_matches_flax_values_and_grads(shape):
   np.testing.assert_array_equal(grad_ours, grad_flax)
 
 
+def _conv_then_pool(x, kernel, bias):
+  """The reference: flax's own pooling after the standard convolution."""
+  y = layers.conv2d_lax(x, kernel) + bias.reshape(1, 1, 1, -1)
+  return nn.max_pool(y, (2, 2), strides=(2, 2), padding='VALID')
+
+
+@pytest.mark.parametrize('form,shape,kernel_size', [
+    (form, shape, k) for form in ('pooled', 'window')
+    for shape, k in [((2, 6, 4, 3), 3), ((1, 7, 5, 2), 3), ((1, 2, 2, 1), 3),
+                     ((1, 9, 6, 2), 5), ((1, 6, 6, 2), 2), ((1, 4, 4, 3), 1)]
+] + [('auto', (2, 8, 8, 1), 3), ('auto', (1, 6, 6, 4), 3)])
+def test_conv_max_pool_matches_conv_then_flax_pool(form, shape, kernel_size):
+  # Odd sizes (the pool drops the last row or column), even and unit kernels (asymmetric
+  # or no SAME padding), and 2x2 images. Random values: no ties.
+  x = _normal(0, shape)
+  kernel = _normal(1, (kernel_size, kernel_size, shape[-1], 4))
+  bias = _normal(2, (4,))
+  expected = _conv_then_pool(x, kernel, bias)
+  cotangent = _normal(3, expected.shape)
+
+  def loss(conv, *args):
+    return jnp.sum(conv(*args) * cotangent)
+
+  fused = lambda x, k, b: layers.conv2d_max_pool_patches(x, k, b, form)
+  np.testing.assert_allclose(fused(x, kernel, bias), expected, **TOL)
+  grads = [jax.grad(loss, argnums=(1, 2, 3))(f, x, kernel, bias)
+           for f in (fused, _conv_then_pool)]
+  for g_fused, g_ref in zip(*grads):
+    np.testing.assert_allclose(g_fused, g_ref, **TOL)
+
+
+def test_conv_max_pool_splits_gradient_among_tied_maxima_like_jnp_max():
+  # A blank image: every output of a window is the bias, all four tie. The input's and
+  # kernel's gradients then come from the tie rule alone; jnp.max splits evenly.
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(1.0)
+  kernel, bias = _normal(1, (3, 3, 1, 2)), _normal(2, (2,))
+
+  def reference(x, k, b):
+    return layers.max_pool_2x2(layers.conv2d_lax(x, k) + b.reshape(1, 1, 1, -1))
+
+  cotangent = _normal(3, (1, 2, 2, 2))
+  for form in ('pooled', 'window'):
+    fused = lambda x, k, b, form=form: layers.conv2d_max_pool_patches(x, k, b, form)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(
+        x, kernel, bias) for f in (fused, reference)]
+    for g_fused, g_ref in zip(*grads):
+      np.testing.assert_allclose(g_fused, g_ref, **TOL)
+
+
+def test_max_over_window_gradient_by_hand():
+  # One window with values (1, 3, 3, 0): the two tied maxima get half the cotangent each.
+  y = jnp.array([[1.0], [3.0], [3.0], [0.0]])
+  np.testing.assert_array_equal(layers.max_over_window(y), [3.0])
+  grad = jax.grad(lambda y: 4.0 * layers.max_over_window(y)[0])(y)
+  np.testing.assert_array_equal(grad, [[0.0], [2.0], [2.0], [0.0]])
+
+
+def test_conv_max_pool_vmaps_over_device_kernels():
+  # The engine vmaps the block over devices, each with its own kernel.
+  x = _normal(0, (3, 2, 6, 6, 2))
+  kernel, bias = _normal(1, (3, 3, 3, 2, 4)), _normal(2, (3, 4))
+  batched = jax.vmap(layers.conv2d_max_pool_patches)(x, kernel, bias)
+  for i in range(3):
+    np.testing.assert_allclose(batched[i], _conv_then_pool(x[i], kernel[i], bias[i]), **TOL)
+
+
+def test_conv_max_pool_rejects_bad_form_and_tiny_images():
+  x, kernel, bias = _normal(0, (1, 4, 4, 1)), _normal(1, (3, 3, 1, 2)), jnp.zeros(2)
+  with pytest.raises(ValueError, match='winograd'):
+    layers.conv2d_max_pool_patches(x, kernel, bias, 'winograd')
+  with pytest.raises(ValueError, match='1x4'):
+    layers.conv2d_max_pool_patches(x[:, :1], kernel, bias)
+
+
+@pytest.mark.parametrize('impl', layers.CONV_IMPLS)
+def test_conv2d_max_pool_module_has_flax_conv_params(impl):
+  x = _normal(0, (2, 6, 6, 3))
+  reference = nn.Conv(features=4, kernel_size=(3, 3), padding='SAME')
+  reference_init = reference.init(jax.random.key(1), x)['params']
+  module = layers.Conv2DMaxPool(features=4, kernel_size=3, impl=impl)
+  own_init = module.init(jax.random.key(1), x)['params']
+  jax.tree.map(np.testing.assert_array_equal, own_init, reference_init)
+  params = dict(reference_init, bias=_normal(2, (4,)))
+  np.testing.assert_allclose(
+      module.apply({'params': params}, x),
+      nn.max_pool(reference.apply({'params': params}, x), (2, 2), strides=(2, 2)), **TOL)
+  with pytest.raises(ValueError, match='winograd'):
+    layers.Conv2DMaxPool(features=2, impl='winograd').init(jax.random.key(0), x)
+
+
 def test_cnn_is_conv_relu_pool_as_written_in_the_spec():
   # The CNN pools before its ReLU (cheaper); the spec's order is ReLU then pooling, with
   # flax's own ops. Same logits, and the same gradients (no ties in random inputs).

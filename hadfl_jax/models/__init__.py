@@ -29,7 +29,8 @@ import numpy as np
 from hadfl_jax.registry import Registry
 
 from hadfl_jax.models.cnn import CNN
-from hadfl_jax.models.layers import CONV_IMPLS, Conv2D, conv2d_lax, conv2d_patches, max_pool_2x2
+from hadfl_jax.models.layers import (CONV_IMPLS, Conv2D, Conv2DMaxPool, conv2d_lax,
+                                     conv2d_max_pool_patches, conv2d_patches, max_pool_2x2)
 from hadfl_jax.models.mlp import MLP
 
 MODELS: Registry[Callable[[int], nn.Module]] = Registry('model')
@@ -81,9 +82,11 @@ __all__ = [
     'CNN',
     'CONV_IMPLS',
     'Conv2D',
+    'Conv2DMaxPool',
     'MLP',
     'MODELS',
     'conv2d_lax',
+    'conv2d_max_pool_patches',
     'conv2d_patches',
     'count_params',
     'get_model',

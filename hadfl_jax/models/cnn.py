@@ -6,9 +6,10 @@ pooling, cheaper to train); then a ReLU dense layer of
 ``hidden`` units and a linear classifier. With ``features=(32, 64)`` and ``hidden=128`` it
 has 421,642 parameters on 28x28x1 inputs and 545,098 on 32x32x3.
 
-Convolutions run through :class:`hadfl_jax.models.layers.Conv2D`. Its default ``impl``,
-``'patches'`` (shifted slices and one matmul), is the one that stays fast when all
-devices train in one ``jax.vmap`` inside one ``lax.fori_loop`` on CPU; ``'lax'`` is the
+Each block runs through :class:`hadfl_jax.models.layers.Conv2DMaxPool`. Its default
+``impl``, ``'patches'`` (convolution and pooling as one matmul over window-grouped
+patches), is the one that stays fast when all devices train in one ``jax.vmap`` inside
+one ``lax.fori_loop`` on CPU; ``'lax'`` is the
 standard ``nn.Conv`` computation, with the same parameter tree, for accelerators where
 native convolutions may be faster (``benchmarks/conv_trap.py`` measures both). Switch
 with ``module.clone(conv_impl='lax')``.
@@ -53,10 +54,10 @@ class CNN(nn.Module):
     chex.assert_rank(x_BxHxWxC, 4)
     x = x_BxHxWxC
     for i, width in enumerate(self.features):
-      x = layers.Conv2D(width, kernel_size=3, impl=self.conv_impl, name=f'conv{i}')(x)
       # Pooling before the ReLU: the same values (max and ReLU commute), and the ReLU and
       # its gradient touch a quarter of the elements.
-      x = nn.relu(layers.max_pool_2x2(x))
+      x = nn.relu(layers.Conv2DMaxPool(width, kernel_size=3, impl=self.conv_impl,
+                                       name=f'conv{i}')(x))
     x_BxD = x.reshape(x.shape[0], -1)
     x_BxD = nn.relu(nn.Dense(self.hidden, name='dense0')(x_BxD))
     return nn.Dense(self.num_classes, name='dense1')(x_BxD)
