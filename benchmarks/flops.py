@@ -128,11 +128,17 @@ def cost_flops(fn, *args) -> float:
   return cost(fn, *args)[0]
 
 
-def plain_step(model, optimizer):
-  """One training step of ``model`` (forward, backward, optimizer update), unjitted."""
+def logits_fn(model):
+  """``model``'s forward pass as ``f(params, x) -> logits``."""
+  return lambda p, x: model.apply({'params': p}, x)
+
+
+def plain_step(apply, optimizer):
+  """One training step (forward, backward, optimizer update) of the forward pass
+  ``apply(params, x) -> logits``, unjitted."""
 
   def loss(p, x, y):
-    logits = model.apply({'params': p}, x)
+    logits = apply(p, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   def step(p, o, x, y):
@@ -159,8 +165,8 @@ def plain_loop(model, impl: str, optimizer, params, images, labels, steps: int):
 
   Returns a function running ``steps`` steps from the same state each call.
   """
-  jitted = jax.jit(plain_step(autotune.with_conv_impl(model, impl) if impl else model,
-                              optimizer))
+  jitted = jax.jit(plain_step(
+      logits_fn(autotune.with_conv_impl(model, impl) if impl else model), optimizer))
   opt_state = optimizer.init(params)
   batches = [(images[i], labels[i]) for i in range(len(images))]
 
@@ -208,7 +214,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
                         data.counts[0])[:2], params, opt_state)
   x_b = jnp.zeros((engine.BATCH,) + common.IMAGE_SHAPE, jnp.float32)
   y_b = jnp.zeros((engine.BATCH,), jnp.int32)
-  step_flops = model_flops(model, lambda m, *a: plain_step(m, optimizer)(*a),
+  step_flops = model_flops(model, lambda m, *a: plain_step(logits_fn(m), optimizer)(*a),
                            params, opt_state, x_b, y_b)
 
   test = _test_split(TEST_EXAMPLES)

@@ -94,9 +94,12 @@ def targets(results: dict[str, Any]) -> list[str]:
     out.append(f"{'met' if r['eval_vs_train'] >= 1.0 else 'NOT met'}: evaluation >= training's "
                f"FLOP rate, {r['model']}: {r['eval_vs_train']:.2f}x")
   for r in results.get('memory', {}).get('rows', []):
-    out.append(f"{'met' if r['peak_rss_bytes'] <= r['goal_bytes'] else 'NOT met'}: peak "
-               f"memory of a {r['scenario']} run <= {r['goal_bytes'] / 1e9:.1f} GB: "
-               f"{r['peak_rss_bytes'] / 1e9:.2f} GB")
+    for what, key in (('run', 'peak_rss_bytes'), ('first run on a machine (autotune '
+                                                 'measuring)', 'first_run_peak_rss_bytes')):
+      if key in r:
+        out.append(f"{'met' if r[key] <= r['goal_bytes'] else 'NOT met'}: peak memory of a "
+                   f"{r['scenario']} {what} <= {r['goal_bytes'] / 1e9:.1f} GB: "
+                   f"{r[key] / 1e9:.2f} GB")
   share = results.get('eval_share', {}).get('run')
   if share:
     out.append(f"{'met' if share['eval_share'] <= eval_share.GOAL else 'NOT met'}: evaluation "

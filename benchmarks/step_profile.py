@@ -11,6 +11,12 @@ optimizer's update). The report gives each class's share of the step and the mat
 FLOP rate (XLA's cost analysis of the dots), against numpy's float32 matmul rate measured
 in the same run: what bounds training is the class that holds most of the time.
 
+For the CNN it also times the step with each implementation of its conv+pool block, in
+one process, interleaved (:func:`block_ab`): ``fused``, the one the model runs
+(:func:`hadfl_jax.models.layers.conv2d_max_pool_patches`), and ``unfused``, the im2col
+convolution, bias and pooling as three ops (:func:`~hadfl_jax.models.layers.conv2d_patches`
+then :func:`~hadfl_jax.models.layers.max_pool_2x2`), what the model ran before.
+
 Independent ops may run at the same time on different cores (XLA:CPU's thunk executor),
 so per-op times can add to a little more or less than the step's wall time; the report
 gives both.
@@ -21,6 +27,7 @@ gives both.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -36,6 +43,7 @@ import optax
 
 from benchmarks import common
 from benchmarks import flops as flops_lib
+from hadfl_jax.models import layers
 
 BATCH = 32
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = ', re.M)
@@ -113,7 +121,7 @@ def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
   other_time = sum(t for name, t in per_op.items() if name not in matmuls)
   limit = flops_lib.matmul_rate(repeats)
   step_flops = flops_lib.model_flops(
-      model, lambda m, *a: flops_lib.plain_step(m, optimizer)(*a), *args)
+      model, lambda m, *a: flops_lib.plain_step(flops_lib.logits_fn(m), optimizer)(*a), *args)
   top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
   return dict(model=model_name, batch=BATCH, steps=steps, wall_s=wall,
               ops_s=matmul_time + other_time, matmul_s=matmul_time, data_movement_s=other_time,
@@ -143,9 +151,49 @@ def dot_flop_count(hlo: str) -> float:
   return total
 
 
+def _unfused_block(x_BxHxWxC, kernel_KxKxCxF, bias_F):
+  """The CNN's block as three ops: im2col convolution, bias, then pooling."""
+  return layers.max_pool_2x2(
+      layers.conv2d_patches(x_BxHxWxC, kernel_KxKxCxF) + bias_F.reshape(1, 1, 1, -1))
+
+
+BLOCKS = {'fused': layers.conv2d_max_pool_patches, 'unfused': _unfused_block}
+
+
+def cnn_apply(block, params, x_BxHxWxC):
+  """``hadfl_jax.models.cnn.CNN`` as a function of its conv+pool block (:func:`block_ab`
+  checks it against the module)."""
+  x = x_BxHxWxC
+  for name in sorted(k for k in params if k.startswith('conv')):
+    x = jax.nn.relu(block(x, params[name]['kernel'], params[name]['bias']))
+  x = x.reshape(x.shape[0], -1)
+  x = jax.nn.relu(x @ params['dense0']['kernel'] + params['dense0']['bias'][None])
+  return x @ params['dense1']['kernel'] + params['dense1']['bias'][None]
+
+
+def block_ab(steps: int, repeats: int) -> dict[str, float]:
+  """Seconds per training step of the CNN with each block of :data:`BLOCKS`, timed
+  interleaved in this process."""
+  model, params = common.init_params('cnn')
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  rng = np.random.default_rng(0)
+  x = rng.random((BATCH,) + common.IMAGE_SHAPE, np.float32)
+  y = rng.integers(0, common.NUM_CLASSES, (BATCH,)).astype(np.int32)
+  np.testing.assert_allclose(cnn_apply(BLOCKS['fused'], params, x),
+                             model.apply({'params': params}, x), rtol=1e-4, atol=1e-4)
+  opt_state = optimizer.init(params)
+  fns = {}
+  for name, block in BLOCKS.items():
+    step = jax.jit(flops_lib.plain_step(functools.partial(cnn_apply, block), optimizer))
+    fns[name] = (lambda step=step: jax.block_until_ready(
+        [step(params, opt_state, x, y) for _ in range(steps)]))
+  return {name: t / steps for name, t in common.interleaved_medians(fns, repeats).items()}
+
+
 def run(quick: bool) -> dict[str, Any]:
-  return dict(rows=[measure('cnn', steps=10 if quick else 100, repeats=2 if quick else 5)],
-              device=common.cpu_info())
+  steps, repeats = (10, 2) if quick else (100, 5)
+  return dict(rows=[measure('cnn', steps=steps, repeats=repeats)],
+              blocks=block_ab(steps, repeats), device=common.cpu_info())
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -168,6 +216,11 @@ def markdown(result: dict[str, Any]) -> str:
         '| op | ms per step | matmul |', '|---|---|---|']
     lines += [f'| `{o["name"]}` | {o["seconds"] * 1e3:.3f} | {"yes" if o["matmul"] else ""} |'
               for o in r['top_ops']]
+  if 'blocks' in result:
+    b = result['blocks']
+    lines += ['', 'The CNN\'s step with each conv+pool block, timed interleaved in this run: '
+              + ', '.join(f'{name} {t * 1e3:.2f} ms' for name, t in b.items())
+              + f': unfused / fused = **{b["unfused"] / b["fused"]:.2f}**.']
   return '\n'.join(lines) + '\n'
 
 

@@ -121,7 +121,24 @@ def test_sub_bucket_width_measured_per_device_step(tmp_path, monkeypatch):
   (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
   assert set(entry['seconds']) == {'1', '2', '4'}
   best = min(entry['seconds'], key=entry['seconds'].get)
-  assert width == (0 if best == '4' else int(best))  # The widest: the loop is not cut.
+  assert width == (0 if best == '4' else int(best))  # The whole shard: the loop is not cut.
+
+
+def test_sub_bucket_widths_timed_only_within_the_memory_cap(tmp_path, monkeypatch):
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'c.json'))
+  mlp = models.get_model('small_mlp', 10)
+  params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params']
+  from hadfl_jax.core import local
+  per_device = local.device_working_set_bytes(
+      mlp.apply, params, jax.eval_shape(optax.sgd(0.1).init, params),
+      jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32))
+  # A cap that holds two devices' working sets and not three.
+  monkeypatch.setattr(autotune, 'TIMED_MIB', 2.5 * per_device / 2**20)
+  width = autotune.training_width(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
+                                  shard_width=8)
+  (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
+  assert set(entry['seconds']) == {'1', '2'}
+  assert width == int(min(entry['seconds'], key=entry['seconds'].get))  # Never 0: cut.
 
 
 def test_engine_uses_the_measured_width_and_the_budget_when_off(monkeypatch):
@@ -143,3 +160,14 @@ def test_engine_uses_the_measured_width_and_the_budget_when_off(monkeypatch):
   cnn = models.get_model('digits_cnn', 10)
   assert autotune.training_conv_impl(cnn, None, None, None, 4, (8, 8, 1), 2) == 'patches'
   assert autotune.inference_plan(cnn, None, (8, 8, 1), 100) == ('lax', 100)
+
+
+def test_time_call_skips_a_candidate_over_the_memory_cap():
+  # A product sorted, then multiplied again: XLA keeps the sorted product as a temporary.
+  fn = jax.jit(lambda x: jnp.sort(x @ x, axis=0) @ x)
+  x = jnp.ones((64, 64))
+  temp = fn.lower(x).compile().memory_analysis().temp_size_in_bytes
+  assert temp > 0
+  assert autotune.time_call(fn, x, max_temp_bytes=temp - 1) == float('inf')
+  assert 0 < autotune.time_call(fn, x, max_temp_bytes=temp) < float('inf')
+  assert 0 < autotune.time_call(fn, x) < float('inf')

@@ -19,6 +19,10 @@ it runs:
   (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
   the loss only by float rounding.
 
+Timing a candidate holds its memory, so candidates are timed only within
+:data:`TIMED_MIB` (sub-bucket working sets, XLA's temporaries of a timed call): a run's
+first on a machine would otherwise peak far above its own needs.
+
 A choice is measured once per machine and shape: it is kept in memory and in a JSON file
 (``$HADFL_JAX_AUTOTUNE_CACHE``, default ``~/.cache/hadfl_jax/autotune.json``; an empty value
 keeps choices in memory only), keyed by what was timed (the model, the shapes, the
@@ -115,10 +119,18 @@ def _store(path: str | None, key: str, entry: dict) -> None:
     logging.warning('autotune: cannot write %s (%s)', path, e)
 
 
-def time_call(fn: Callable[..., Any], *args, repeats: int = 3, budget_s: float = 1.0) -> float:
+def time_call(fn: Callable[..., Any], *args, repeats: int = 3, budget_s: float = 1.0,
+              max_temp_bytes: float | None = None) -> float:
   """Seconds of one call of the jitted ``fn(*args)``, compiled first: the best of up to
-  ``repeats`` calls, fewer once ``budget_s`` is spent (a slow candidate is timed once)."""
+  ``repeats`` calls, fewer once ``budget_s`` is spent (a slow candidate is timed once).
+  Infinite, without a call, where XLA's memory analysis gives the compiled call more
+  than ``max_temp_bytes`` of temporaries."""
   compiled = fn.lower(*args).compile()
+  if max_temp_bytes is not None:
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, 'temp_size_in_bytes', None) if analysis is not None else None
+    if temp is not None and temp > max_temp_bytes:
+      return float('inf')
   best, spent = float('inf'), 0.0
   for _ in range(repeats):
     start = time.perf_counter()
@@ -186,7 +198,8 @@ def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int
                          input_shape: tuple[int, ...], width: int,
                          steps: int) -> Callable[[], float]:
   """Times ``steps`` local steps of ``width`` devices vmapped in a ``lax.fori_loop`` (the
-  engine's loop) on random examples: seconds per call."""
+  engine's loop) on random examples: seconds per call (infinite for a loop needing more
+  than :data:`TIMED_MIB` of temporaries, not run)."""
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
   params_W, opt_state_W = stack(params), stack(optimizer.init(params))
@@ -204,7 +217,7 @@ def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int
       return step(p, o, keys, jnp.full((width,), i), images, labels, count)
     return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
 
-  return lambda: time_call(loop, params_W, opt_state_W)
+  return lambda: time_call(loop, params_W, opt_state_W, max_temp_bytes=TIMED_MIB * 2**20)
 
 
 def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
@@ -238,6 +251,12 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
 
 
 WIDEST_TIMED = 64
+# Candidates are timed only within this much memory: sub-buckets up to the width whose
+# devices' working sets fit (on a CPU a sub-bucket far beyond the caches is not faster,
+# and timing 64 CNN devices at once took a run to 3.8 GB), evaluation batches whose
+# temporaries fit (the patches convolution on 1,000 images needs about 0.4 GB), training
+# loops likewise.
+TIMED_MIB = 256
 
 
 @_eager
@@ -246,11 +265,18 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   """How many devices one sub-bucket of the engine's loop vmaps: the width, among the
   powers of two up to ``shard_width`` (and it), whose time per device-step is the
   smallest. On a CPU a narrow sub-bucket keeps its devices' states in cache; on an
-  accelerator the widest is usually fastest. Widths above :data:`WIDEST_TIMED` are not
-  timed: if the widest timed one wins, the loop is not cut (0, no limit)."""
+  accelerator the widest is usually fastest. Widths above :data:`WIDEST_TIMED`, or whose
+  working sets (:func:`hadfl_jax.core.local.device_working_set_bytes`) exceed
+  :data:`TIMED_MIB`, are not timed; the loop is not cut (0, no limit) when the whole
+  shard is the width chosen."""
+  from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
+  x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
+  per_device = local.device_working_set_bytes(
+      model.apply, params, jax.eval_shape(optimizer.init, params), x_B)
+  widest = min(WIDEST_TIMED, local.max_width_for_bytes(per_device, TIMED_MIB * 2**20))
   widths = sorted({w for w in (2**k for k in range(7)) if w < shard_width}
                   | {shard_width})
-  widths = [w for w in widths if w <= WIDEST_TIMED] or [WIDEST_TIMED]
+  widths = [w for w in widths if w <= widest] or [widest]
   if len(widths) == 1:
     return 0 if widths[0] >= shard_width else widths[0]
 
@@ -262,7 +288,7 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
               shard_width=shard_width)
   best = int(choose('training_width', work, {str(w): per_device_step(w) for w in widths}))
-  return 0 if best == widths[-1] else best
+  return 0 if best >= shard_width else best
 
 
 def batch_sizes(max_batch: int, smallest: int = 32) -> tuple[int, ...]:
@@ -281,7 +307,8 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
   convolution at every size of :func:`batch_sizes` is timed on the same examples (a
   ``lax.map`` over batches, as :class:`hadfl_jax.evaluation.Evaluator` runs them), and the
   fastest per example is chosen; on CPU a batch that fits the caches can be faster than
-  a large one. Models without a convolution choice: ``(None, max_batch)``.
+  a large one. A candidate needing more than :data:`TIMED_MIB` of temporaries is not
+  run (infinite time). Models without a convolution choice: ``(None, max_batch)``.
   """
   impls = conv_impls(model)
   if not impls:
@@ -299,7 +326,8 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
     num = examples // size
     x_TxB = x[:num * size].reshape((num, size) + tuple(input_shape))
     forward = jax.jit(lambda p, x_TxB: jax.lax.map(lambda x_B: module.apply(p, x_B), x_TxB))
-    return lambda: time_call(forward, {'params': params}, x_TxB) / (num * size)
+    return lambda: time_call(forward, {'params': params}, x_TxB,
+                             max_temp_bytes=TIMED_MIB * 2**20) / (num * size)
 
   work = {'model': repr(model), 'max_batch': max_batch, 'input_shape': list(input_shape)}
   name = choose('inference', work,

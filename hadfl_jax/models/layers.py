@@ -23,9 +23,9 @@ This module writes both with ops that XLA compiles well everywhere:
 * :func:`conv2d_max_pool_patches`: a convolution followed by 2x2 max-pooling, the block
   of the CNN, as one matmul whose rows come out grouped by pooling window (so the pool
   is an elementwise max of four contiguous slabs, not a strided reduction), with a
-  custom VJP for the pool and for the matmul (below). One training step of the
-  paper-like CNN ran 1.4x faster than with :func:`conv2d_patches` then
-  :func:`max_pool_2x2` (``benchmarks/flops.py`` reports the engine's rate).
+  custom VJP for the pool and for the matmul (below). ``benchmarks/step_profile.py``
+  times the CNN's training step with it against :func:`conv2d_patches`, bias, then
+  :func:`max_pool_2x2`.
 
 :class:`Conv2D` holds the same parameters as ``flax.linen.Conv`` (``kernel`` shaped
 ``(k, k, C, F)``, ``bias`` shaped ``(F,)``, the same initialisers), so one parameter tree
@@ -200,10 +200,20 @@ max_over_window.defvjp(_max_over_window_fwd, _max_over_window_bwd)
 
 
 def _strided_slices(xp_BxHxWxC, offsets, ho: int, wo: int) -> list[chex.Array]:
-  """``xp[:, u::2, v::2][:, :ho, :wo]`` for each ``(u, v)`` in ``offsets``."""
-  b, _, _, c = xp_BxHxWxC.shape
-  return [lax.slice(xp_BxHxWxC, (0, u, v, 0), (b, u + 2 * ho - 1, v + 2 * wo - 1, c),
-                    (1, 2, 2, 1)) for u, v in offsets]
+  """``xp[:, u::2, v::2][:, :ho, :wo]`` for each ``(u, v)`` in ``offsets``.
+
+  Cut as unit-stride slices of ``xp``'s four stride-2 phases (a reshape, no copy):
+  XLA:CPU builds the patches from them faster than from stride-2 slices (one A/B run
+  of the training step).
+  """
+  b, h, w, c = xp_BxHxWxC.shape
+  h2 = max(u for u, _ in offsets) // 2 + ho
+  w2 = max(v for _, v in offsets) // 2 + wo
+  xp_BxHxWxC = jnp.pad(
+      xp_BxHxWxC, ((0, 0), (0, max(0, 2 * h2 - h)), (0, max(0, 2 * w2 - w)), (0, 0)))
+  phases = xp_BxHxWxC[:, :2 * h2, :2 * w2].reshape(b, h2, 2, w2, 2, c)
+  return [phases[:, u // 2:u // 2 + ho, u % 2, v // 2:v // 2 + wo, v % 2, :]
+          for u, v in offsets]
 
 
 def _window_selection(kernel_size: int) -> np.ndarray:
