@@ -1,5 +1,6 @@
 """Models: the patches convolution and pooling against the standard ops, shapes, counts."""
 
+import functools
 import importlib.util
 import json
 import pathlib
@@ -151,12 +152,19 @@ def test_max_over_window_gradient_by_hand():
 
 
 def test_conv_max_pool_vmaps_over_device_kernels():
-  # The engine vmaps the block over devices, each with its own kernel.
+  # The engine vmaps the block and its gradient over devices, each with its own kernel.
   x = _normal(0, (3, 2, 6, 6, 2))
   kernel, bias = _normal(1, (3, 3, 3, 2, 4)), _normal(2, (3, 4))
   batched = jax.vmap(layers.conv2d_max_pool_patches)(x, kernel, bias)
+  loss = lambda block, *args: jnp.sum(jnp.sin(block(*args)))
+  grads = jax.vmap(jax.grad(functools.partial(loss, layers.conv2d_max_pool_patches),
+                            argnums=(0, 1, 2)))(x, kernel, bias)
   for i in range(3):
     np.testing.assert_allclose(batched[i], _conv_then_pool(x[i], kernel[i], bias[i]), **TOL)
+    expected = jax.grad(functools.partial(loss, _conv_then_pool), argnums=(0, 1, 2))(
+        x[i], kernel[i], bias[i])
+    for g_batched, g_ref in zip(grads, expected):
+      np.testing.assert_allclose(g_batched[i], g_ref, **TOL)
 
 
 def test_conv_max_pool_rejects_bad_form_and_tiny_images():
