@@ -19,7 +19,7 @@ it runs:
   (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
   the loss only by float rounding.
 
-Timing a candidate holds its memory, so candidates are timed only within
+Timing a candidate holds its memory, so on CPU candidates are timed only within
 :data:`TIMED_MIB` (sub-bucket working sets, XLA's temporaries of a timed call): a run's
 first on a machine would otherwise peak far above its own needs.
 
@@ -217,7 +217,7 @@ def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int
       return step(p, o, keys, jnp.full((width,), i), images, labels, count)
     return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
 
-  return lambda: time_call(loop, params_W, opt_state_W, max_temp_bytes=TIMED_MIB * 2**20)
+  return lambda: time_call(loop, params_W, opt_state_W, max_temp_bytes=timed_bytes())
 
 
 def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
@@ -251,12 +251,18 @@ def training_conv_impl(model, params: PyTree, optimizer, task, batch_size: int,
 
 
 WIDEST_TIMED = 64
-# Candidates are timed only within this much memory: sub-buckets up to the width whose
-# devices' working sets fit (on a CPU a sub-bucket far beyond the caches is not faster,
-# and timing 64 CNN devices at once took a run to 3.8 GB), evaluation batches whose
-# temporaries fit (the patches convolution on 1,000 images needs about 0.4 GB), training
-# loops likewise.
-TIMED_MIB = 256
+# On CPU, candidates are timed only within this much memory: sub-buckets up to the width
+# whose devices' working sets fit (a sub-bucket far beyond the caches is not faster, and
+# timing 64 CNN devices at once took a run to 3.8 GB), evaluation batches and training
+# loops whose XLA temporaries fit (the patches convolution on 1,000 images needs about
+# 0.4 GB). What a run's first measurement holds is then close to what the run holds.
+TIMED_MIB = 128
+
+
+def timed_bytes() -> float | None:
+  """The memory cap of a timed candidate, in bytes: :data:`TIMED_MIB` on CPU, none on
+  accelerators (their memory is not the process's, and wide work is what they are for)."""
+  return TIMED_MIB * 2**20 if jax.default_backend() == 'cpu' else None
 
 
 @_eager
@@ -273,7 +279,9 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
   per_device = local.device_working_set_bytes(
       model.apply, params, jax.eval_shape(optimizer.init, params), x_B)
-  widest = min(WIDEST_TIMED, local.max_width_for_bytes(per_device, TIMED_MIB * 2**20))
+  cap = timed_bytes()
+  widest = WIDEST_TIMED if cap is None else min(WIDEST_TIMED,
+                                                local.max_width_for_bytes(per_device, cap))
   widths = sorted({w for w in (2**k for k in range(7)) if w < shard_width}
                   | {shard_width})
   widths = [w for w in widths if w <= widest] or [widest]
@@ -327,7 +335,7 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
     x_TxB = x[:num * size].reshape((num, size) + tuple(input_shape))
     forward = jax.jit(lambda p, x_TxB: jax.lax.map(lambda x_B: module.apply(p, x_B), x_TxB))
     return lambda: time_call(forward, {'params': params}, x_TxB,
-                             max_temp_bytes=TIMED_MIB * 2**20) / (num * size)
+                             max_temp_bytes=timed_bytes()) / (num * size)
 
   work = {'model': repr(model), 'max_batch': max_batch, 'input_shape': list(input_shape)}
   name = choose('inference', work,
