@@ -172,8 +172,9 @@ def max_over_window(y_Sx4xF: chex.Array) -> chex.Array:
   """The max over axis -2 (the four positions of a 2x2 pooling window), elementwise.
 
   Its gradient splits the cotangent evenly among tied maxima, like ``jnp.max``'s (ties
-  are common: a conv's output over blank background is constant), in one elementwise
-  pass instead of ``jnp.max``'s compare, reduce and divide over a strided window.
+  are common: a conv's output over blank background is constant), with elementwise ops
+  on the four slabs instead of ``jnp.max``'s compare, reduce and divide over a strided
+  window.
 
   Args:
     y_Sx4xF: values, the window position on axis -2 (size 4).
