@@ -102,9 +102,8 @@ def _conv_then_pool(x, kernel, bias):
 
 
 @pytest.mark.parametrize('form,shape,kernel_size', [
-    ('pooled', (2, 6, 4, 3), 3), ('pooled', (1, 2, 2, 1), 3), ('pooled', (1, 9, 6, 2), 5),
-    ('pooled', (1, 6, 6, 2), 2), ('window', (1, 7, 5, 2), 3), ('window', (1, 4, 4, 3), 1),
-    ('window', (1, 6, 6, 2), 2), ('auto', (2, 8, 8, 1), 3), ('auto', (1, 6, 6, 4), 3)])
+    ('pooled', (2, 7, 4, 3), 3), ('pooled', (1, 9, 6, 2), 5), ('pooled', (1, 2, 2, 1), 1),
+    ('window', (1, 7, 5, 2), 3), ('window', (1, 6, 6, 2), 2), ('auto', (2, 8, 8, 1), 3)])
 def test_conv_max_pool_matches_conv_then_flax_pool(form, shape, kernel_size):
   # Odd sizes (the pool drops the last row or column), even and unit kernels (asymmetric
   # or no SAME padding), and 2x2 images. Random values: no ties.
