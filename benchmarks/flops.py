@@ -13,11 +13,6 @@ cores). Rates:
 * ``eval`` (consensus): :class:`hadfl_jax.evaluation.Evaluator`'s ``model`` on 10,000
   test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
   pass times the batches;
-
-The FLOP of a step or a forward pass are the model's own, the same whichever convolution
-runs (:func:`model_flops`): XLA's count with the standard convolution, which counts a
-convolution's multiply-adds without its padding taps (0.75 GFLOP per training step of the
-paper-like CNN at batch 32, against 0.82 counting the padding).
 * ``eval`` (devices): its ``devices`` on N models x 1,000 images;
 * bandwidth: XLA's elementwise ``a * 1.5 + b`` on arrays the size of the step's
   activations and on arrays far larger than the caches, bytes moved per second; times the
@@ -28,6 +23,11 @@ paper-like CNN at batch 32, against 0.82 counting the padding).
   float32 batches prepared beforehand, with each convolution: what a researcher writes
   without the engine, run for as many examples as the engine's ``train``. The engine
   should be faster per example (``train_vs_plain``: its examples/s over the faster loop's).
+
+The FLOP of a step or a forward pass are the model's own, the same whichever convolution
+runs (:func:`model_flops`): XLA's count with the standard convolution, which counts a
+convolution's multiply-adds without its padding taps (0.75 GFLOP per training step of the
+paper-like CNN at batch 32, against 0.82 counting the padding).
 
 Evaluation is measured with each convolution implementation (``patches``, the one that
 keeps the vmapped training loop fast on CPU, and ``lax``, XLA's native convolution) and

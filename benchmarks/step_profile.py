@@ -90,24 +90,20 @@ def op_times(jitted, args, steps: int) -> dict[str, float]:
   return {name: seconds / steps for name, seconds in total.items()}
 
 
-def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
-  """One device's training step of ``model_name``, op by op."""
-  model, params = common.init_params(model_name)
-  optimizer = optax.sgd(0.01, momentum=0.9)
+def _step_inputs():
+  """The optimizer and one batch of random images and labels of every timed step."""
   rng = np.random.default_rng(0)
   x = rng.random((BATCH,) + common.IMAGE_SHAPE, np.float32)
   y = rng.integers(0, common.NUM_CLASSES, (BATCH,)).astype(np.int32)
+  return optax.sgd(0.01, momentum=0.9), x, y
 
-  def loss(p, x, y):
-    logits = model.apply({'params': p}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def step(p, o, x, y):
-    updates, o = optimizer.update(jax.grad(loss)(p, x, y), o, p)
-    return optax.apply_updates(p, updates), o
-
+def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
+  """One device's training step of ``model_name``, op by op."""
+  model, params = common.init_params(model_name)
+  optimizer, x, y = _step_inputs()
   args = (params, optimizer.init(params), x, y)
-  jitted = jax.jit(step)
+  jitted = jax.jit(flops_lib.plain_step(flops_lib.logits_fn(model), optimizer))
   hlo = jitted.lower(*args).compile().as_text()
   # Only the entry computation's ops are thunks of their own, timed in the trace.
   entry = set(_INSTRUCTION.findall(hlo.split('\nENTRY', 1)[1]))
@@ -175,10 +171,7 @@ def block_ab(steps: int, repeats: int) -> dict[str, float]:
   """Seconds per training step of the CNN with each block of :data:`BLOCKS`, timed
   interleaved in this process."""
   model, params = common.init_params('cnn')
-  optimizer = optax.sgd(0.01, momentum=0.9)
-  rng = np.random.default_rng(0)
-  x = rng.random((BATCH,) + common.IMAGE_SHAPE, np.float32)
-  y = rng.integers(0, common.NUM_CLASSES, (BATCH,)).astype(np.int32)
+  optimizer, x, y = _step_inputs()
   np.testing.assert_allclose(cnn_apply(BLOCKS['fused'], params, x),
                              model.apply({'params': params}, x), rtol=1e-4, atol=1e-4)
   opt_state = optimizer.init(params)

@@ -58,24 +58,31 @@ def test_patches_conv_rejects_unknown_padding():
     layers.conv2d_patches(_normal(0, (1, 4, 4, 1)), _normal(1, (3, 3, 1, 2)), 'CIRCULAR')
 
 
+def _flax_pool(y):
+  return nn.max_pool(y, (2, 2), strides=(2, 2))
+
+
 @pytest.mark.parametrize('impl', layers.CONV_IMPLS)
-def test_conv2d_module_matches_flax_conv_with_same_params(impl):
-  x = _normal(0, (2, 5, 5, 3))
+@pytest.mark.parametrize('module_cls,after_conv', [
+    (layers.Conv2D, lambda y: y), (layers.Conv2DMaxPool, _flax_pool)])
+def test_conv_modules_match_flax_conv_with_same_params(impl, module_cls, after_conv):
+  x = _normal(0, (2, 6, 5, 3))
   reference = nn.Conv(features=4, kernel_size=(3, 3), padding='SAME')
   reference_init = reference.init(jax.random.key(1), x)['params']
-  module = layers.Conv2D(features=4, kernel_size=3, impl=impl)
+  module = module_cls(features=4, kernel_size=3, impl=impl)
   own_init = module.init(jax.random.key(1), x)['params']
   # Same tree, same shapes, and the same initialisation from the same key.
   assert jax.tree.map(jnp.shape, own_init) == jax.tree.map(jnp.shape, reference_init)
   jax.tree.map(np.testing.assert_array_equal, own_init, reference_init)
   # A non-zero bias, so that the bias broadcast is checked too.
   params = dict(reference_init, bias=_normal(2, (4,)))
-  np.testing.assert_allclose(
-      module.apply({'params': params}, x), reference.apply({'params': params}, x), **TOL)
+  np.testing.assert_allclose(module.apply({'params': params}, x),
+                             after_conv(reference.apply({'params': params}, x)), **TOL)
 
 
-def test_conv2d_rejects_unknown_impl():
-  module = layers.Conv2D(features=2, impl='winograd')
+@pytest.mark.parametrize('module_cls', [layers.Conv2D, layers.Conv2DMaxPool])
+def test_conv_modules_reject_unknown_impl(module_cls):
+  module = module_cls(features=2, impl='winograd')
   with pytest.raises(ValueError, match='winograd'):
     module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
 
@@ -172,22 +179,6 @@ def test_conv_max_pool_rejects_bad_form_and_tiny_images():
     layers.conv2d_max_pool_patches(x, kernel, bias, 'winograd')
   with pytest.raises(ValueError, match='1x4'):
     layers.conv2d_max_pool_patches(x[:, :1], kernel, bias)
-
-
-@pytest.mark.parametrize('impl', layers.CONV_IMPLS)
-def test_conv2d_max_pool_module_has_flax_conv_params(impl):
-  x = _normal(0, (2, 6, 6, 3))
-  reference = nn.Conv(features=4, kernel_size=(3, 3), padding='SAME')
-  reference_init = reference.init(jax.random.key(1), x)['params']
-  module = layers.Conv2DMaxPool(features=4, kernel_size=3, impl=impl)
-  own_init = module.init(jax.random.key(1), x)['params']
-  jax.tree.map(np.testing.assert_array_equal, own_init, reference_init)
-  params = dict(reference_init, bias=_normal(2, (4,)))
-  np.testing.assert_allclose(
-      module.apply({'params': params}, x),
-      nn.max_pool(reference.apply({'params': params}, x), (2, 2), strides=(2, 2)), **TOL)
-  with pytest.raises(ValueError, match='winograd'):
-    layers.Conv2DMaxPool(features=2, impl='winograd').init(jax.random.key(0), x)
 
 
 def test_cnn_is_conv_relu_pool_as_written_in_the_spec():

@@ -291,34 +291,45 @@ def conv2d_max_pool_patches(
   return max_over_window(y_Sx4xF) + bias_F.reshape(1, 1, 1, -1)
 
 
-def _conv_params(module: nn.Module, in_features: int) -> tuple[chex.Array, chex.Array]:
-  """The ``kernel`` (K, K, C, F) and ``bias`` (F,) of ``module``, as ``nn.Conv`` makes them."""
-  k = module.kernel_size
-  kernel_KxKxCxF = module.param(
-      'kernel', module.kernel_init, (k, k, in_features, module.features), jnp.float32)
-  bias_F = module.param('bias', module.bias_init, (module.features,), jnp.float32)
-  return kernel_KxKxCxF, bias_F
-
-
-class Conv2D(nn.Module):
-  """Stride-1 2D convolution with a selectable implementation, parameters as ``nn.Conv``.
+class _ConvParams(nn.Module):
+  """Fields and parameters shared by :class:`Conv2D` and :class:`Conv2DMaxPool`: a
+  ``kernel`` (K, K, C, F) and a ``bias`` (F,), as ``nn.Conv`` makes them.
 
   Attributes:
     features: number of output channels F.
     kernel_size: spatial size K of the square kernel.
-    padding: ``'SAME'`` or ``'VALID'``.
-    impl: ``'patches'`` (:func:`conv2d_patches`, fast in a vmapped loop on CPU) or
-      ``'lax'`` (:func:`conv2d_lax`, the standard ``nn.Conv`` computation).
+    impl: ``'patches'`` (fast in a vmapped loop on CPU) or ``'lax'`` (the standard
+      ``nn.Conv`` computation).
     kernel_init: initialiser of the (K, K, C, F) kernel (``nn.Conv``'s default).
     bias_init: initialiser of the (F,) bias (``nn.Conv``'s default).
   """
 
   features: int
   kernel_size: int = 3
-  padding: Padding = 'SAME'
   impl: ConvImpl = 'patches'
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  def _params(self, in_features: int) -> tuple[chex.Array, chex.Array]:
+    k = self.kernel_size
+    kernel_KxKxCxF = self.param(
+        'kernel', self.kernel_init, (k, k, in_features, self.features), jnp.float32)
+    bias_F = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    return kernel_KxKxCxF, bias_F
+
+  def _unknown_impl(self) -> ValueError:
+    return ValueError(f'conv impl must be one of {CONV_IMPLS}, got {self.impl!r}')
+
+
+class Conv2D(_ConvParams):
+  """Stride-1 2D convolution with a selectable implementation, parameters as ``nn.Conv``.
+
+  Attributes (besides :class:`_ConvParams`'s, where ``impl='patches'`` is
+  :func:`conv2d_patches` and ``'lax'`` :func:`conv2d_lax`):
+    padding: ``'SAME'`` or ``'VALID'``.
+  """
+
+  padding: Padding = 'SAME'
 
   @nn.compact
   def __call__(self, x_BxHxWxC: chex.Array) -> chex.Array:
@@ -330,37 +341,24 @@ class Conv2D(nn.Module):
     Returns:
       The output, shape (B, H', W', features).
     """
-    kernel_KxKxCxF, bias_F = _conv_params(self, x_BxHxWxC.shape[-1])
+    kernel_KxKxCxF, bias_F = self._params(x_BxHxWxC.shape[-1])
     if self.impl == 'patches':
       y_BxHxWxF = conv2d_patches(x_BxHxWxC, kernel_KxKxCxF, self.padding)
     elif self.impl == 'lax':
       y_BxHxWxF = conv2d_lax(x_BxHxWxC, kernel_KxKxCxF, self.padding)
     else:
-      raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {self.impl!r}')
+      raise self._unknown_impl()
     return y_BxHxWxF + bias_F.reshape(1, 1, 1, -1)
 
 
-class Conv2DMaxPool(nn.Module):
+class Conv2DMaxPool(_ConvParams):
   """A stride-1 SAME convolution, then 2x2 max-pooling; parameters as ``nn.Conv``'s.
 
   The same function as :class:`Conv2D` followed by :func:`max_pool_2x2`, with the same
-  parameter tree, so the CNN's checkpoints do not depend on which runs.
-
-  Attributes:
-    features: number of output channels F.
-    kernel_size: spatial size K of the square kernel.
-    impl: ``'patches'`` (:func:`conv2d_max_pool_patches`, one matmul per block, fast in
-      a vmapped loop on CPU) or ``'lax'`` (:func:`conv2d_lax`, then
-      :func:`max_pool_2x2`).
-    kernel_init: initialiser of the (K, K, C, F) kernel (``nn.Conv``'s default).
-    bias_init: initialiser of the (F,) bias (``nn.Conv``'s default).
+  parameter tree, so the CNN's checkpoints do not depend on which runs. Attributes:
+  :class:`_ConvParams`'s, where ``impl='patches'`` is :func:`conv2d_max_pool_patches`
+  (one matmul per block) and ``'lax'`` :func:`conv2d_lax` then :func:`max_pool_2x2`.
   """
-
-  features: int
-  kernel_size: int = 3
-  impl: ConvImpl = 'patches'
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x_BxHxWxC: chex.Array) -> chex.Array:
@@ -372,10 +370,10 @@ class Conv2DMaxPool(nn.Module):
     Returns:
       The pooled output, shape (B, H // 2, W // 2, features).
     """
-    kernel_KxKxCxF, bias_F = _conv_params(self, x_BxHxWxC.shape[-1])
+    kernel_KxKxCxF, bias_F = self._params(x_BxHxWxC.shape[-1])
     if self.impl == 'patches':
       return conv2d_max_pool_patches(x_BxHxWxC, kernel_KxKxCxF, bias_F)
     if self.impl == 'lax':
       return max_pool_2x2(
           conv2d_lax(x_BxHxWxC, kernel_KxKxCxF, 'SAME') + bias_F.reshape(1, 1, 1, -1))
-    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {self.impl!r}')
+    raise self._unknown_impl()
