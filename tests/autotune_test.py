@@ -1,5 +1,6 @@
 """Implementation choices by measurement: the fastest wins, once per machine and shape."""
 
+import importlib
 import json
 
 import jax
@@ -94,6 +95,7 @@ def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):
   quick_config.model = 'digits_cnn'
   quick_config.engine.conv_impl = 'lax'
   quick_config.hadfl.t_local = 0.02  # Two local steps: XLA:CPU runs lax.conv slowly in loops.
+  quick_config.engine.bucket_mib = 64.0  # The width is measured in its own test below.
   setup = train.build_setup(quick_config)
   assert setup.problem.model.conv_impl == 'lax'
   assert setup.implementation == {'training_conv': 'lax'}
@@ -171,3 +173,22 @@ def test_time_call_skips_a_candidate_over_the_memory_cap():
   assert autotune.time_call(fn, x, max_temp_bytes=temp - 1) == float('inf')
   assert 0 < autotune.time_call(fn, x, max_temp_bytes=temp) < float('inf')
   assert 0 < autotune.time_call(fn, x) < float('inf')
+
+
+def test_the_code_key_follows_the_models_module_and_survives_a_model_without_a_file(
+    tmp_path, monkeypatch):
+  cnn = models.get_model('digits_cnn', 10)
+  package_only = autotune.code_key()
+  assert autotune.code_key(cnn) == package_only  # The CNN's module is in the package.
+  module = tmp_path / 'autotune_user_model.py'
+  module.write_text('import flax.linen as nn\n\nclass Model(nn.Module):\n  width: int = 1\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  user = importlib.import_module('autotune_user_model')
+  first = autotune.code_key(user.Model())
+  assert first != package_only
+  # Edited, the user's model is measured again.
+  module.write_text(module.read_text() + '# a new version\n')
+  autotune._digest_of_files.cache_clear()
+  assert autotune.code_key(user.Model()) not in (first, package_only)
+  no_file = type('NoFile', (), {'__module__': 'a_module_that_is_not_loaded'})()
+  assert autotune.code_key(no_file) == package_only

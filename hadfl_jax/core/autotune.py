@@ -26,7 +26,8 @@ first on a machine would otherwise peak far above its own needs.
 A choice is measured once per machine and shape: it is kept in memory and in a JSON file
 (``$HADFL_JAX_AUTOTUNE_CACHE``, default ``~/.cache/hadfl_jax/autotune.json``; an empty value
 keeps choices in memory only), keyed by what was timed (the model, the shapes, the
-optimizer) and the machine (backend, device kind, CPU model and vector extensions, JAX
+optimizer), the code that ran (:func:`code_key`: a digest of the package's source and of
+the model's module, so a new version measures again) and the machine (backend, device kind, CPU model and vector extensions, JAX
 version), with the times that decided it. The parameter tree is the same for every
 implementation, so checkpoints, run keys and results do not depend on the choice beyond
 float rounding. With several processes, process 0's choice is broadcast so that every
@@ -37,6 +38,8 @@ process compiles the same program. ``$HADFL_JAX_AUTOTUNE=0`` turns measurement o
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -91,6 +94,31 @@ def machine_key() -> dict:
   cpu, flags = machine.cpu_model_and_vector_extensions()
   return {'backend': jax.default_backend(), 'device_kind': device.device_kind,
           'cpu': cpu, 'vector_extensions': flags, 'jax': jax.__version__}
+
+
+@functools.cache
+def _digest_of_files(paths: tuple[str, ...]) -> str:
+  digest = hashlib.sha256()
+  for path in paths:
+    with open(path, 'rb') as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:16]
+
+
+def code_key(model=None) -> str:
+  """What a measurement depends on in the code: a digest of this package's source files
+  and of the module defining ``model``'s class (a user's model lives outside the package),
+  so that a choice measured with older code is measured again, not reused."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
+                 for name in names if name.endswith('.py'))
+  try:  # A class typed into a notebook has no file: its repr in the work key stands alone.
+    module_file = None if model is None else inspect.getsourcefile(type(model))
+  except (TypeError, OSError):
+    module_file = None
+  if module_file and os.path.exists(module_file) and os.path.abspath(module_file) not in paths:
+    paths.append(os.path.abspath(module_file))
+  return _digest_of_files(tuple(paths))
 
 
 def _load(path: str | None) -> dict:
@@ -225,7 +253,7 @@ def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
   # functions by address, which differs from process to process).
   opt_floats = sum(int(np.size(x)) for x in jax.tree.leaves(jax.eval_shape(optimizer.init,
                                                                           params)))
-  return {'model': repr(model), 'optimizer_state_floats': opt_floats,
+  return {'model': repr(model), 'code': code_key(model), 'optimizer_state_floats': opt_floats,
           'batch_size': batch_size, 'input_shape': list(input_shape)}
 
 
@@ -337,7 +365,8 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
     return lambda: time_call(forward, {'params': params}, x_TxB,
                              max_temp_bytes=timed_bytes()) / (num * size)
 
-  work = {'model': repr(model), 'max_batch': max_batch, 'input_shape': list(input_shape)}
+  work = {'model': repr(model), 'code': code_key(model), 'max_batch': max_batch,
+          'input_shape': list(input_shape)}
   name = choose('inference', work,
                 {f'{impl}@{size}': timer(impl, size) for impl in impls for size in sizes})
   impl, _, size = name.partition('@')
