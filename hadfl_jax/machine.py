@@ -60,3 +60,18 @@ def describe() -> dict[str, Any]:
               cpu_model=model, vector_extensions=vector, cpu_count=os.cpu_count(),
               python=platform.python_version(), jax_version=jax.__version__,
               libraries=library_versions())
+
+
+def release_free_memory() -> bool:
+  """Returns the heap's free memory to the operating system (glibc's ``malloc_trim``),
+  after work whose buffers and compilations are gone (autotune's timed candidates): the
+  process's resident memory then falls back instead of keeping their peak for the rest
+  of the run. False where there is no glibc (macOS, musl): nothing is done."""
+  import ctypes  # pylint: disable=g-import-not-at-top
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()  # Compiled candidates and their buffers are freed first.
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+    return bool(libc.malloc_trim(0))
+  except (OSError, AttributeError):
+    return False

@@ -192,3 +192,25 @@ def test_the_code_key_follows_the_models_module_and_survives_a_model_without_a_f
   assert autotune.code_key(user.Model()) not in (first, package_only)
   no_file = type('NoFile', (), {'__module__': 'a_module_that_is_not_loaded'})()
   assert autotune.code_key(no_file) == package_only
+
+
+def test_memory_goes_back_to_the_system_after_a_measurement_only(tmp_path, monkeypatch):
+  released = []
+  monkeypatch.setattr(autotune.machine, 'release_free_memory', lambda: released.append(1))
+  monkeypatch.setattr(autotune, '_memory', {})
+  path = str(tmp_path / 'c.json')
+  assert autotune.choose('w', {}, _timers({'a': 1.0, 'b': 2.0}, []), path=path) == 'a'
+  assert released == [1]
+  assert autotune.choose('w', {}, _timers({'a': 3.0, 'b': 2.0}, []), path=path) == 'a'
+  assert released == [1]  # Read from the cache: nothing was timed.
+
+
+def test_releasing_free_memory_without_glibc_does_nothing(monkeypatch):
+  import ctypes  # pylint: disable=g-import-not-at-top
+  from hadfl_jax import machine  # pylint: disable=g-import-not-at-top
+
+  def no_glibc(name):
+    raise OSError(f'{name}: cannot open shared object file')
+
+  monkeypatch.setattr(ctypes, 'CDLL', no_glibc)
+  assert machine.release_free_memory() is False

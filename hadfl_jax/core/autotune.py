@@ -194,6 +194,7 @@ def choose(what: str, work: Mapping[str, Any],
   entry = _memory.get(key) or _load(path).get(key)
   if entry is None or entry.get('choice') not in candidates:
     seconds = {name: float(candidates[name]()) for name in names}
+    machine.release_free_memory()  # What the candidates held goes back to the system.
     entry = {'choice': min(names, key=seconds.__getitem__), 'seconds': seconds,
              'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
     logging.info('autotune %s: %s (%s)', what, entry['choice'],
