@@ -30,9 +30,10 @@ optimizer), the code that ran (:func:`code_key`: a digest of the package's sourc
 the model's module, so a new version measures again) and the machine (backend, device
 kind, CPU model and vector extensions, JAX version), with the times that decided it.
 The parameter tree is the same for every implementation, so checkpoints, run keys and
-results do not depend on the choice beyond float rounding. With several processes, process 0's choice is broadcast so that every
-process compiles the same program. ``$HADFL_JAX_AUTOTUNE=0`` turns measurement off
-(:func:`enabled`: fixed defaults, e.g. for a test suite).
+results do not depend on the choice beyond float rounding. With several processes,
+process 0's choice is broadcast so that every process compiles the same program.
+``$HADFL_JAX_AUTOTUNE=0`` turns measurement off (:func:`enabled`: fixed defaults, e.g.
+for a test suite).
 """
 
 from __future__ import annotations
