@@ -19,7 +19,11 @@ then :func:`~hadfl_jax.models.layers.max_pool_2x2`), what the model ran before.
 
 Independent ops may run at the same time on different cores (XLA:CPU's thunk executor),
 so per-op times can add to a little more or less than the step's wall time; the report
-gives both.
+gives both. A dot that XLA:CPU hands to its thread pool (a plain ``dot`` thunk, not a
+YNNPACK fusion) can end its trace event before its work does: one such dot, the second
+convolution's weight gradient, showed 0.09 ms for 0.23 GFLOP (faster than the machine's
+peak), its work counted in the ops that ran beside it. The matmul share is then a lower
+bound, and the matmuls' rate an upper bound.
 
   python -m benchmarks.step_profile --out benchmarks/results     # about 20 s on 2 cores
 """
