@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -86,6 +87,22 @@ def test_step_profile_counts_the_dots_flop_by_hand():
   assert row['matmul_share'] == pytest.approx(row['matmul_s'] / row['ops_s'])
   assert any(o['matmul'] for o in row['top_ops'])
   assert '**' in step_profile.markdown({'rows': [row], 'device': common.cpu_info()})
+
+
+def test_step_profile_gives_each_ops_dot_flop_and_names_an_op_faster_than_the_machine():
+  a, b, c = jnp.ones((4, 5)), jnp.ones((5, 6)), jnp.ones((6, 7))
+  hlo = jax.jit(lambda a, b, c: jnp.tanh(a @ b) @ c).lower(a, b, c).compile().as_text()
+  per_op = step_profile.op_dot_flops(hlo)
+  by_hand = [2 * 4 * 6 * 5, 2 * 4 * 7 * 6]  # 2 x output elements x contracted size.
+  assert sorted(per_op.values()) in (by_hand, [sum(by_hand)])  # Apart or fused together.
+  assert sum(per_op.values()) == step_profile.dot_flop_count(hlo)
+  row = dict(model='m', batch=32, wall_s=1e-3, train_flops_per_s=1e11,
+             numpy_matmul_flops_per_s=2e11, num_ops=3, ops_s=1e-3, matmul_s=5e-4,
+             matmul_share=0.5, dot_flops=1e8, matmul_flops_per_s=2e11,
+             data_movement_s=5e-4, top_ops=[],
+             early_ops={'dot.1': dict(seconds=1e-4, flops=2.3e8)})
+  text = step_profile.markdown({'rows': [row], 'device': common.cpu_info()})
+  assert "`dot.1`'s trace event took 0.100 ms for 0.230 GFLOP" in text
 
 
 def test_step_profile_times_both_cnn_blocks():
