@@ -143,7 +143,8 @@ def _matmul(a_SxK: chex.Array, b_KxN: chex.Array) -> chex.Array:
 
   The barrier keeps XLA:CPU from fusing the cotangent's producer (the pool's gradient)
   into the transpose that feeds the weight gradient's matmul, a fusion that ran 10x
-  slower than the two ops apart.
+  slower than the two ops apart. A second barrier keeps ``b``'s transpose a (small)
+  array of its own for the input gradient's matmul.
   """
   return a_SxK @ b_KxN
 
@@ -156,7 +157,10 @@ def _matmul_bwd(residuals, g_SxN):
   a_SxK, b_KxN = residuals
   g_SxN = lax.optimization_barrier(g_SxN)
   grad_b = a_SxK.reshape(-1, a_SxK.shape[-1]).T @ g_SxN.reshape(-1, g_SxN.shape[-1])
-  return g_SxN @ b_KxN.T, grad_b
+  # The small kernel transposed in memory: YNNPACK ran the (S, N) x (N, K) product 2x
+  # faster than with the transpose folded into the dot (per-op profile; the step 2 to 4%
+  # faster in an interleaved A/B of the engine's loop).
+  return g_SxN @ lax.optimization_barrier(b_KxN.T), grad_b
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)
