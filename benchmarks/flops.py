@@ -3,7 +3,8 @@ r"""FLOP rates in one run: the machine's float32 matmul, local training, evaluat
 What a figure means depends on the machine (an AVX-512 CPU ran the same training 3.5x
 faster than an AVX2 one), so every rate here is set against the machine's own limit
 measured in the same run: numpy's float32 matmul of two 2048 x 2048 matrices (BLAS, all
-cores). Rates:
+cores), timed round-robin with everything else, so that a change in the load of a shared
+machine moves the limit and the rates set against it alike. Rates:
 
 * ``matmul``: 2 * 2048^3 FLOP per product (and the same product through XLA, to tell a
   slow step from a slow matmul);
@@ -18,8 +19,8 @@ cores). Rates:
   activations and on arrays far larger than the caches, bytes moved per second; times the
   step's FLOP per byte (XLA's cost analysis) it bounds the FLOP rate of a step that is
   limited by data movement rather than by its matmuls (``train_vs_bandwidth_bound``);
-* ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the same model, batch and optimizer as a plain jitted
-  single-device step (forward, backward, momentum SGD) called from a Python loop on
+* ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the
+  same model, batch and optimizer as a plain jitted single-device step (forward, backward, momentum SGD) called from a Python loop on
   float32 batches prepared beforehand, with each convolution: what a researcher writes
   without the engine, run for as many examples as the engine's ``train``. The engine
   should be faster per example (``train_vs_plain``: its examples/s over the faster loop's).
@@ -43,6 +44,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -66,18 +68,28 @@ BANDWIDTH_BYTES = {'cache': 4 << 20, 'memory': 256 << 20}
 DEVICE_EXAMPLES = 1_000
 
 
-def matmul_rate(repeats: int) -> float:
-  """numpy float32 matmul FLOP/s (median of ``repeats``; BLAS on every core)."""
+MATMUL_FLOPS = 2 * MATMUL_N**3
+
+
+def numpy_matmul() -> Callable[[], Any]:
+  """One numpy float32 matmul of two ``MATMUL_N`` square matrices (BLAS on every core):
+  :data:`MATMUL_FLOPS` per call."""
   rng = np.random.default_rng(0)
   a = rng.standard_normal((MATMUL_N, MATMUL_N), np.float32)
   b = rng.standard_normal((MATMUL_N, MATMUL_N), np.float32)
-  a @ b  # pylint: disable=pointless-statement
+  return lambda: a @ b
+
+
+def matmul_rate(repeats: int) -> float:
+  """numpy float32 matmul FLOP/s (median of ``repeats``; BLAS on every core)."""
+  matmul = numpy_matmul()
+  matmul()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    a @ b  # pylint: disable=pointless-statement
+    matmul()
     times.append(time.perf_counter() - start)
-  return 2 * MATMUL_N**3 / float(np.median(times))
+  return MATMUL_FLOPS / float(np.median(times))
 
 
 def xla_matmul_rate(repeats: int) -> float:
@@ -232,7 +244,6 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
     name = f'plain loop/{impl or "model"}'
     plain_names.append(name)
     fns[name] = plain_loop(model, impl, optimizer, params, images, labels, num_devices * steps)
-  fns['matmul'] = None
   # What the runs use (Evaluator.for_model), and the alternatives: each convolution,
   # device models vmapped 64 at a time (here all N) or one at a time.
   evaluators = {'chosen': evaluation.Evaluator.for_model(model, test, EVAL_BATCH,
@@ -247,10 +258,12 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
         lambda ev=ev: jax.block_until_ready(ev.model(params)))
     fns[f'eval_devices/{name}'] = (
         lambda ev=ev: jax.block_until_ready(ev.devices(params_N)))
-  limit = matmul_rate(repeats)
-  fns.pop('matmul')
+  # The limit in the same rounds as the rates set against it: the load of a shared
+  # machine moves within a run.
+  fns['matmul'] = numpy_matmul()
   timings = common.interleaved_timings(fns, repeats)
-  limit = (limit + matmul_rate(repeats)) / 2  # Before and after: the machine's load moves.
+  matmul_s = timings.pop('matmul')['wall']
+  limit = MATMUL_FLOPS / matmul_s
   xla_limit = xla_matmul_rate(repeats)
   bandwidth = {'cache': xla_bandwidth(BANDWIDTH_BYTES['cache'], 5 * repeats),
                'memory': xla_bandwidth(BANDWIDTH_BYTES['memory'], repeats)}
@@ -265,8 +278,9 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   examples_per_s = {k: examples / timings[k]['wall'] for k in ('train', *plain_names)}
   best_plain = max(examples_per_s[k] for k in plain_names)
   return dict(model=model_name, num_devices=num_devices, steps=steps, repeats=repeats,
-              matmul_flops_per_s=limit, xla_matmul_flops_per_s=xla_limit, flops=flops, seconds={k: t['wall'] for k, t in
-                                                                timings.items()},
+              matmul_seconds=matmul_s, matmul_flops_per_s=limit,
+              xla_matmul_flops_per_s=xla_limit, flops=flops,
+              seconds={k: t['wall'] for k, t in timings.items()},
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit,
               eval_vs_train=chosen_eval / rates['train'],

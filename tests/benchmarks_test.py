@@ -52,6 +52,8 @@ def test_run_writes_json_and_markdown(tmp_path):
 def test_flop_rates_are_measured_against_the_matmul_limit():
   row = flops.measure('small_mlp', 2, repeats=1, steps=1)
   assert row['matmul_flops_per_s'] > 0 and row['flops']['train'] > 0
+  # The limit: 2 N^3 FLOP per numpy product, timed in the same rounds as the rest.
+  assert row['matmul_flops_per_s'] == pytest.approx(2 * flops.MATMUL_N**3 / row['matmul_seconds'])
   assert set(row['flops_per_s']) == {'train', 'eval_consensus/chosen', 'eval_devices/chosen',
                                      'plain loop/model'}
   # The plain loop's step is the engine's step: the same FLOP per example (within the
