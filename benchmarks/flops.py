@@ -9,8 +9,9 @@ machine moves the limit and the rates set against it alike. Rates:
 * ``matmul``: 2 * 2048^3 FLOP per product (and the same product through XLA, to tell a
   slow step from a slow matmul);
 * ``train``: the engine's local training (:func:`hadfl_jax.core.local.masked_local_train`,
-  N devices vmapped, batch 32, H steps), FLOP from XLA's cost analysis of one plain
-  step (forward, backward, optimizer update) times N * H;
+  N devices in sub-buckets of the width a run uses (:func:`run_schedule`), batch 32, H
+  steps), FLOP from XLA's cost analysis of one plain step (forward, backward, optimizer
+  update) times N * H;
 * ``eval`` (consensus): :class:`hadfl_jax.evaluation.Evaluator`'s ``model`` on 10,000
   test images in batches of 1,000, FLOP from XLA's cost analysis of one batch's forward
   pass times the batches;
@@ -20,10 +21,11 @@ machine moves the limit and the rates set against it alike. Rates:
   step's FLOP per byte (XLA's cost analysis) it bounds the FLOP rate of a step that is
   limited by data movement rather than by its matmuls (``train_vs_bandwidth_bound``);
 * ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the
-  same model, batch and optimizer as a plain jitted single-device step (forward, backward, momentum SGD) called from a Python loop on
-  float32 batches prepared beforehand, with each convolution: what a researcher writes
-  without the engine, run for as many examples as the engine's ``train``. The engine
-  should be faster per example (``train_vs_plain``: its examples/s over the faster loop's).
+  same model, batch and optimizer as a plain jitted single-device step (forward,
+  backward, momentum SGD) called from a Python loop on float32 batches prepared
+  beforehand, with each convolution: what a researcher writes without the engine, run
+  for as many examples as the engine's ``train``. The engine should be faster per example
+  (``train_vs_plain``: its examples/s over the faster loop's).
 
 The FLOP of a step or a forward pass are the model's own, the same whichever convolution
 runs (:func:`model_flops`): XLA's count with the standard convolution, which counts a
@@ -198,13 +200,24 @@ def _test_split(n: int) -> data_lib.Split:
                         num_classes=common.NUM_CLASSES)
 
 
+def run_schedule(model, params, optimizer, num_devices: int) -> local.LocalSchedule:
+  """The sub-bucket width a run uses (:meth:`hadfl_jax.core.engine.LocalTrainer.schedule_for`
+  with ``engine.bucket_mib = None``): measured by autotune on CPU, sized by the backend's
+  budget elsewhere or with measurement off."""
+  if jax.default_backend() == 'cpu' and autotune.enabled():
+    return local.LocalSchedule(max_width=autotune.training_width(
+        model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
+        shard_width=num_devices))
+  return engine.default_schedule(model, params, optimizer)
+
+
 def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict[str, Any]:
   """Training and evaluation FLOP/s of one model, and the matmul limit, in one run."""
   model, params = common.init_params(model_name)
   optimizer = optax.sgd(0.01, momentum=0.9)
   data = common.random_device_data(num_devices, engine.PER_DEVICE)
   devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
-  schedule = engine.default_schedule(model, params, optimizer)
+  schedule = run_schedule(model, params, optimizer, num_devices)
   # Training with the convolution autotune chooses here (what runs use), and with each.
   chosen_train = autotune.training_conv_impl(
       model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
@@ -216,8 +229,8 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
   for name, impl in impls.items():
     device_steps[name] = local.make_device_step(autotune.with_conv_impl(model, impl).apply,
                                                 optimizer, engine.BATCH)
-    trains[name] = engine._engine(device_steps[name], devices, data,  # pylint: disable=protected-access
-                                  schedule)
+    trains[name] = engine._engine(  # pylint: disable=protected-access
+        device_steps[name], devices, data, schedule)
   step = device_steps['train']
   opt_state = optimizer.init(params)
   # Bytes as the chosen implementation accesses them; FLOP the model's own.
