@@ -59,6 +59,7 @@ from benchmarks import engine
 from hadfl_jax import data as data_lib
 from hadfl_jax import evaluation
 from hadfl_jax.core import autotune
+from hadfl_jax.core import engine as engine_core
 from hadfl_jax.core import local
 
 MATMUL_N = 2048
@@ -201,14 +202,11 @@ def _test_split(n: int) -> data_lib.Split:
 
 
 def run_schedule(model, params, optimizer, num_devices: int) -> local.LocalSchedule:
-  """The sub-bucket width a run uses (:meth:`hadfl_jax.core.engine.LocalTrainer.schedule_for`
-  with ``engine.bucket_mib = None``): measured by autotune on CPU, sized by the backend's
-  budget elsewhere or with measurement off."""
-  if jax.default_backend() == 'cpu' and autotune.enabled():
-    return local.LocalSchedule(max_width=autotune.training_width(
-        model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
-        shard_width=num_devices))
-  return engine.default_schedule(model, params, optimizer)
+  """The sub-buckets a run uses (``engine.bucket_mib = None``,
+  :func:`hadfl_jax.core.engine.sub_bucket_width`: measured by autotune on CPU)."""
+  return local.LocalSchedule(max_width=engine_core.sub_bucket_width(
+      model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
+      shard_width=num_devices, bucket_mib=None))
 
 
 def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict[str, Any]:

@@ -54,25 +54,6 @@ _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = ', re.M)
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%([\w.\-]+) ')
 
 
-def matmul_ops(hlo: str) -> set[str]:
-  """Names of the top-level ops of compiled HLO text that compute a ``dot``: the dots
-  themselves and every fusion whose called computation holds one."""
-  with_dot, calls, computation = set(), {}, None
-  for line in hlo.splitlines():
-    header = _COMPUTATION.match(line)
-    if header and line.rstrip().endswith('{'):
-      computation = header.group(1)
-      continue
-    if ' dot(' in line and computation is not None:
-      with_dot.add(computation)
-    match = _INSTRUCTION.match(line)
-    if match:
-      called = re.search(r'calls=%([\w.\-]+)', line)
-      calls[match.group(1)] = (' dot(' in line, called.group(1) if called else None)
-  return {name for name, (is_dot, called) in calls.items()
-          if is_dot or (called is not None and called in with_dot)}
-
-
 def op_times(jitted, args, steps: int) -> dict[str, float]:
   """Seconds per call of each XLA op of the jitted function, from a profiler trace."""
   jax.block_until_ready(jitted(*args))
@@ -111,7 +92,8 @@ def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
   hlo = jitted.lower(*args).compile().as_text()
   # Only the entry computation's ops are thunks of their own, timed in the trace.
   entry = set(_INSTRUCTION.findall(hlo.split('\nENTRY', 1)[1]))
-  matmuls = matmul_ops(hlo) & entry
+  per_op_flops = op_dot_flops(hlo)  # The entry's ops that compute dots: the matmuls.
+  matmuls = set(per_op_flops)
   per_op = {name: t for name, t in op_times(jitted, args, steps).items() if name in entry}
   wall = common.interleaved_medians(
       {'step': lambda: jax.block_until_ready(
@@ -124,7 +106,6 @@ def measure(model_name: str, steps: int, repeats: int) -> dict[str, Any]:
       model, lambda m, *a: flops_lib.plain_step(flops_lib.logits_fn(m), optimizer)(*a), *args)
   # A matmul whose trace event ran faster than the machine can (twice numpy's rate) did
   # its work outside its event (see the module's docstring).
-  per_op_flops = op_dot_flops(hlo)
   early = sorted(name for name in matmuls if per_op.get(name, 0) > 0
                  and per_op_flops.get(name, 0) / per_op[name] > 2 * limit)
   top = sorted(per_op.items(), key=lambda kv: -kv[1])[:12]

@@ -106,13 +106,18 @@ def _digest_of_files(paths: tuple[str, ...]) -> str:
   return digest.hexdigest()[:16]
 
 
+@functools.cache
+def _package_sources() -> tuple[str, ...]:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return tuple(sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
+                      for name in names if name.endswith('.py')))
+
+
 def code_key(model=None) -> str:
   """What a measurement depends on in the code: a digest of this package's source files
   and of the module defining ``model``'s class (a user's model lives outside the package),
   so that a choice measured with older code is measured again, not reused."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(root)
-                 for name in names if name.endswith('.py'))
+  paths = list(_package_sources())
   try:  # A class typed into a notebook has no file: its repr in the work key stands alone.
     module_file = None if model is None else inspect.getsourcefile(type(model))
   except (TypeError, OSError):

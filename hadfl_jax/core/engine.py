@@ -88,6 +88,28 @@ class EngineConfig(tc.Section):
     return width
 
 
+def sub_bucket_width(model, params, optimizer, task, batch_size: int,
+                     input_shape: tuple[int, ...], shard_width: int,
+                     bucket_mib: float | None) -> int:
+  """How many devices one sub-bucket of the local loop vmaps (0: no limit), as
+  ``engine.bucket_mib`` says: ``None`` on CPU measures it (cache blocking,
+  :func:`hadfl_jax.core.autotune.training_width`; with several processes, or measurement
+  off, the backend's budget: every process must run the same program), a number sizes it
+  by that budget of MiB (:func:`hadfl_jax.core.local.max_width_for_bytes`), 0 is no limit.
+  """
+  if (bucket_mib is None and jax.default_backend() == 'cpu'
+      and jax.process_count() == 1 and autotune.enabled()):
+    return autotune.training_width(model, params, optimizer, task, batch_size,
+                                   tuple(input_shape), shard_width=shard_width)
+  mib = local.default_bucket_mib() if bucket_mib is None else bucket_mib
+  if mib <= 0:
+    return 0
+  x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  return local.max_width_for_bytes(
+      local.device_working_set_bytes(model.apply, params, opt_state, x_B), mib * 2**20)
+
+
 class LocalTrainer:
   """``trainer(devices, data, budgets_N) -> (devices, loss_N)`` for one problem.
 
@@ -130,22 +152,10 @@ class LocalTrainer:
     """The static schedule for inputs of one example's ``input_shape``."""
     key = tuple(input_shape)
     if key not in self._schedules:
-      max_width = 0
-      mib = self.engine.resolved_bucket_mib()
       p = self.problem
-      if (self.engine.bucket_mib is None and jax.default_backend() == 'cpu'
-          and jax.process_count() == 1 and autotune.enabled()):
-        # Cache blocking measured on this machine rather than sized by a budget (with
-        # several processes, the budget: every process must run the same program).
-        max_width = autotune.training_width(
-            p.model, p.init_params, p.optimizer, p.task, p.batch_size, key,
-            shard_width=p.num_devices // self.num_shards)
-      elif mib > 0:
-        x_B = jax.ShapeDtypeStruct((p.batch_size,) + key, jnp.float32)
-        opt_state = jax.eval_shape(p.optimizer.init, p.init_params)
-        max_width = local.max_width_for_bytes(
-            local.device_working_set_bytes(p.model.apply, p.init_params, opt_state, x_B),
-            mib * 2**20)
+      max_width = sub_bucket_width(p.model, p.init_params, p.optimizer, p.task, p.batch_size,
+                                   key, p.num_devices // self.num_shards,
+                                   self.engine.bucket_mib)
       schedule = local.LocalSchedule(bucket_widths=self._bucket_widths, max_width=max_width,
                                      num_shards=self.num_shards)
       schedule.check(self.problem.num_devices)
