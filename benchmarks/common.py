@@ -232,3 +232,9 @@ def section_main(module, name: str, title: str, argv=None) -> int:
 def cpu_info() -> dict[str, Any]:
   """The machine a benchmark ran on (:func:`hadfl_jax.machine.describe`)."""
   return machine.describe()
+
+
+def machine_line(dev: dict[str, Any]) -> str:
+  """``dev`` (from :func:`cpu_info`) in words: CPU, cores, vector extensions, backend."""
+  return (f'{dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
+          f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}')

@@ -86,8 +86,7 @@ def run(quick: bool, study: str | None = None) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
   dev = result['device']
-  lines = [f'Machine: {dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
-           f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}.', '']
+  lines = [f'Machine: {common.machine_line(dev)}.', '']
   if 'run' in result:
     r, t = result['run'], result['run']['timing']
     lines += [f'Paper-like {r["algorithm"]} (lr {r["lr"]}, H {r["h"]}, seed {r["seed"]}) to '

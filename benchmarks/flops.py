@@ -320,8 +320,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
   dev = result['device']
-  lines = [f'Machine: {dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
-           f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}.', '',
+  lines = [f'Machine: {common.machine_line(dev)}.', '',
            '| model | N | matmul limit (GFLOP/s) | what | GFLOP/s | / matmul | / training |',
            '|---|---|---|---|---|---|---|']
   for r in result['rows']:

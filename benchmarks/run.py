@@ -16,6 +16,8 @@ Sections (``--only``):
 * ``waste``: masking waste of the spec's scenarios and what buckets save
   (:mod:`benchmarks.waste`);
 * ``aggregation``: sparse group averaging for N = 64 .. 16,384 (:mod:`benchmarks.aggregation`);
+* ``gossip``: neighbour (gossip) mixing as a sum of gathered rows against a reduction
+  (:mod:`benchmarks.gossip`);
 * ``scale``: 10,000 devices on MNIST, memory (:mod:`benchmarks.scale`);
 * ``memory``: peak resident memory of paper-like and many-devices runs, and what holds
   it (:mod:`benchmarks.memory`);
@@ -52,6 +54,7 @@ from benchmarks import compile_time
 from benchmarks import engine
 from benchmarks import eval_share
 from benchmarks import flops
+from benchmarks import gossip
 from benchmarks import memory
 from benchmarks import scale
 from benchmarks import sharding_bench
@@ -64,6 +67,7 @@ SECTIONS = {
     'step_profile': (step_profile, "Where a training step's time goes"),
     'waste': (waste, 'Masking waste, and what budget-sorted buckets save'),
     'aggregation': (aggregation, 'Aggregation: O(K M), not O(N^2 M)'),
+    'gossip': (gossip, 'Gossip mixing: sum of gathered rows against a reduction'),
     'scale': (scale, '10,000 devices: memory'),
     'memory': (memory, 'Peak memory of whole runs, and what holds it'),
     'eval_share': (eval_share, "Evaluation's share of a paper-like run's wall time"),

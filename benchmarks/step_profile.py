@@ -215,8 +215,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
   dev = result['device']
-  lines = [f'Machine: {dev["cpu_model"]}, {dev["cpu_count"]} cores, vector extensions '
-           f'{", ".join(dev["vector_extensions"]) or "none found"}; {dev["backend"]}.', '']
+  lines = [f'Machine: {common.machine_line(dev)}.', '']
   for r in result['rows']:
     lines += [
         f'`{r["model"]}`, one device, batch {r["batch"]}: a training step took '

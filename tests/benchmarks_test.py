@@ -12,10 +12,12 @@ from benchmarks import common
 from benchmarks import engine
 from benchmarks import eval_share
 from benchmarks import flops
+from benchmarks import gossip
 from benchmarks import step_profile
 from benchmarks import memory
 from benchmarks import run
 from benchmarks import waste
+from hadfl_jax.core import mixing
 
 
 def test_waste_table_orders_schedules():
@@ -40,6 +42,20 @@ def test_sparse_aggregation_runner_is_in_place():
   run_fn = aggregation._sparse_runner(16, 4, calls=2)  # pylint: disable=protected-access
   run_fn()
   run_fn()  # The donated state is fed back: a second call works on the new buffers.
+
+
+@pytest.mark.parametrize('kind,n', [('pairs', 5), ('pairs', 6), ('ring', 6), ('torus', 9)])
+def test_gossip_forms_agree_on_stochastic_mixings(kind, n):
+  m = gossip.make_mixing(kind, n)
+  mixing.check_stochastic(mixing.neighbours_to_dense(m), doubly=True)
+  if kind == 'pairs':  # Disjoint pairs: each device averages with one other (or none).
+    assert sorted(np.asarray(m.cols_NxD[:, 1])) == list(range(n))
+  state = {'w': jnp.asarray(np.random.default_rng(0).normal(size=(n, 7, 3)), jnp.float32)}
+  forms = [jax.jit(form)(m, state)['w'] for form in gossip.FORMS.values()]
+  np.testing.assert_allclose(forms[0], forms[1], rtol=1e-6, atol=1e-6)
+  run_fn = gossip.runner(mixing.apply_neighbours, m, state, calls=2)
+  run_fn()
+  run_fn()  # The donated state is fed back.
 
 
 def test_run_writes_json_and_markdown(tmp_path):

@@ -112,6 +112,30 @@ def test_neighbour_mixing_matches_dense_and_ring_spectral_gap():
   assert mixing.spectral_gap(w) == pytest.approx(1 - 2 / 3)
 
 
+def test_neighbour_mixing_matches_a_loop_over_rows_and_slots():
+  """Uneven weights, repeated and padding slots, a multi-leaf tree with an integer leaf,
+  against x_i <- sum_d w[i, d] x[cols[i, d]] written out row by row."""
+  rng = np.random.default_rng(2)
+  n, d = 5, 4
+  cols = rng.integers(0, n, (n, d))
+  weight = rng.random((n, d))
+  weight[:, -1] = 0.0  # A padding slot: any index, weight 0.
+  weight /= weight.sum(axis=1, keepdims=True)
+  m = mixing.NeighbourMixing(jnp.asarray(cols, jnp.int32), jnp.asarray(weight, jnp.float32))
+  tree = {'w': rng.normal(size=(n, 3, 2)).astype(np.float32),
+          'count': rng.integers(0, 100, (n,)).astype(np.int32)}
+  out = mixing.apply_neighbours(m, jax.tree.map(jnp.asarray, tree))
+  for name, x in tree.items():
+    expected = np.zeros(x.shape, np.float64)
+    for i in range(n):
+      for slot in range(d):
+        expected[i] += weight[i, slot] * x[cols[i, slot]]
+    if name == 'count':
+      expected = np.round(expected)
+    assert out[name].dtype == x.dtype
+    np.testing.assert_allclose(out[name], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_spectral_gap_extremes():
   assert mixing.spectral_gap(np.full((4, 4), 0.25)) == pytest.approx(1.0)
   assert mixing.spectral_gap(np.eye(3)) == pytest.approx(0.0)  # Never mixes.
