@@ -10,10 +10,18 @@ CNN's stacked parameters (421,642 per device), for the mixings the algorithms us
 AD-PSGD's disjoint pairs (D = 2) and the Metropolis-Hastings ring (D = 3) and torus
 (D = 5), N = 8 (paper-like) and 64 (many-devices). Medians of interleaved repeats, each
 timing ``calls`` mixings of a donated state.
+
+Then whole cycles of the algorithms that mix this way, on real MNIST (``HADFL_MNIST_DIR``,
+default ``../shared/data/mnist``; skipped without it): each algorithm's cycle is
+compiled twice, once with :func:`reduction_form` in place of ``apply_neighbours``
+(substituted while it is traced), run a few cycles from the start so that the events
+spread out as in a long run, then both are timed from that state, interleaved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import Any
 
@@ -22,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from benchmarks import compile_time
 from hadfl_jax.algorithms import adpsgd
 from hadfl_jax.algorithms import graphs
 from hadfl_jax.core import mixing
@@ -66,6 +75,58 @@ def runner(form, m: mixing.NeighbourMixing, state, calls: int):
   return run
 
 
+@contextlib.contextmanager
+def neighbour_form(form):
+  """``mixing.apply_neighbours`` replaced by ``form`` (for tracing a cycle with it)."""
+  original = mixing.apply_neighbours
+  mixing.apply_neighbours = form
+  try:
+    yield
+  finally:
+    mixing.apply_neighbours = original
+
+
+# (algorithm, its H, scenario config): the asynchronous ones and a round-based one.
+CYCLE_CASES = (('adpsgd', 50, 'many_devices'), ('adpsgd', 50, 'paper_mnist'),
+               ('prague', 20, 'paper_mnist'), ('dpsgd', 10, 'paper_mnist'))
+
+
+def cycle_ab(algorithm: str, h: int, scenario: str, warm: int, cycles: int,
+             repeats: int) -> dict[str, Any]:
+  """Seconds for ``cycles`` cycles from a state ``warm`` cycles in, per form."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from hadfl_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module(f'hadfl_jax.configs.{scenario}').get_config()
+  config.dataset.idx_dir = compile_time.mnist_dir()
+  config.algorithm = algorithm
+  config[algorithm].local_steps = h
+  setup = train.build_setup(config)
+  alg = train.build_algorithm(config, setup.problem)
+  fns, steps = {}, {}
+  for name, form in FORMS.items():
+    with neighbour_form(form):
+      cycle = jax.jit(lambda state, data: alg.cycle(state, data))  # A trace of its own.
+      state = alg.init(jax.random.key(0))
+      for _ in range(warm):
+        state, _ = cycle(state, setup.device_data)
+      jax.block_until_ready(state)
+
+    def run_cycles(cycle=cycle, start=state, name=name):
+      state, total = start, 0
+      for _ in range(cycles):
+        state, info = cycle(state, setup.device_data)
+        total += info.budgets_N.sum()
+      steps[name] = int(total)
+
+    fns[name] = run_cycles
+  seconds = common.interleaved_medians(fns, repeats)
+  return dict(algorithm=algorithm, h=h, scenario=scenario, num_devices=config.num_devices,
+              warm_cycles=warm, cycles=cycles, local_steps=steps['sum of gathered rows'],
+              seconds=seconds,
+              reduction_over_sum=seconds['reduction over D'] / seconds['sum of gathered rows'])
+
+
 def run(quick: bool) -> dict[str, Any]:
   _, params = common.init_params('cnn')
   cases = [('pairs', 8), ('ring', 8), ('pairs', 64), ('torus', 64)]
@@ -85,7 +146,14 @@ def run(quick: bool) -> dict[str, Any]:
     ms = {name: 1e3 * seconds[f'{kind}/{n}/{name}'] / calls for name in FORMS}
     rows.append(dict(mixing=kind, num_devices=n, **info, ms_per_mixing=ms,
                      reduction_over_sum=ms['reduction over D'] / ms['sum of gathered rows']))
-  return dict(rows=rows, params=common.num_params(params), device=common.cpu_info())
+  result = dict(rows=rows, params=common.num_params(params), device=common.cpu_info())
+  if quick:
+    result['cycles_skipped'] = '--quick'
+  elif not os.path.isdir(compile_time.mnist_dir()):
+    result['cycles_skipped'] = f'no MNIST IDX files in {compile_time.mnist_dir()}'
+  else:
+    result['cycles'] = [cycle_ab(*case, warm=5, cycles=5, repeats=3) for case in CYCLE_CASES]
+  return result
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -99,6 +167,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"| {r['mixing']} | {r['num_devices']} | {r['slots']} | "
                  f"{r['state_bytes'] / 1e6:,.0f} | {ms['sum of gathered rows']:.1f} | "
                  f"{ms['reduction over D']:.1f} | **{r['reduction_over_sum']:.1f}x** |")
+  if 'cycles_skipped' in result:
+    lines += ['', f"Whole cycles: skipped ({result['cycles_skipped']})."]
+    return '\n'.join(lines)
+  lines += ['', 'Whole cycles on real MNIST, from a state some cycles in, interleaved '
+            '(seconds for the cycles):', '',
+            '| algorithm | H | scenario (N) | cycles after warm-up | local steps | '
+            'sum of gathered rows (s) | reduction over D (s) | reduction / sum |',
+            '|---|---|---|---|---|---|---|---|']
+  for c in result['cycles']:
+    sec = c['seconds']
+    lines.append(f"| {c['algorithm']} | {c['h']} | {c['scenario']} ({c['num_devices']}) | "
+                 f"{c['cycles']} after {c['warm_cycles']} | {c['local_steps']:,} | "
+                 f"{sec['sum of gathered rows']:.2f} | {sec['reduction over D']:.2f} | "
+                 f"**{c['reduction_over_sum']:.2f}x** |")
   return '\n'.join(lines)
 
 
