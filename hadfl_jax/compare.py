@@ -55,7 +55,8 @@ does not reach the target within the cap gets a speedup reported as a lower boun
 (``>=``). Final accuracy is the accuracy at the end of the run. A grid point that
 diverges, or whose model collapses to chance (``compare.stop_collapsed``,
 :func:`hadfl_jax.comparison.runs.collapse_rule`), is stopped and recorded as a run that
-missed the target over the whole cap.
+missed the target over the whole cap. With ``compare.prune`` a tuning run also stops once
+its point can no longer be chosen (:func:`tune`); the choices are those of the full grid.
 
 Each seed's data, partition and profile are built once and shared by every run of that
 seed; the test set and evaluator are shared by all (the evaluator's jitted functions
@@ -104,6 +105,7 @@ from hadfl_jax.comparison.report import report_markdown
 from hadfl_jax.comparison.report import speedup
 from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
+from hadfl_jax.comparison.runs import covers
 from hadfl_jax.comparison.runs import RunCounter
 from hadfl_jax.comparison.runs import RunIndex
 from hadfl_jax.comparison.runs import RunRecord
@@ -126,8 +128,16 @@ def print_line(msg: str) -> None:
   print(msg, flush=True)
 
 
+def best_sums(tuned: dict[str, Tuned]) -> dict[str, float]:
+  """Per algorithm, the sum over seeds of its best point's times to target, where that
+  point reached the target on every seed (what pruning measures against)."""
+  return {name: sum(r.time_to_target_s for r in t.best.records) for name, t in tuned.items()
+          if t.best is not None and all(r.time_to_target_s is not None for r in t.best.records)}
+
+
 def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
-         points_of=None, log=print_line, verbose: bool = False) -> dict[str, Tuned]:
+         points_of=None, log=print_line, verbose: bool = False,
+         bounds: dict[str, float] | None = None) -> dict[str, Tuned]:
   """Runs every algorithm's grid on every seed; returns per algorithm its winner and all
   points.
 
@@ -139,16 +149,26 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
   (:func:`rank_key`). With ``compare.cached_only``, a point some seed of which never ran
   is listed as not run.
 
+  With ``compare.prune``, a run stops once its point can no longer beat the best point
+  of its algorithm so far that reached the target on every seed: when the point's times
+  to target on the seeds before (a miss counting its run length) plus this run's
+  simulated time exceed that point's sum (:func:`~hadfl_jax.comparison.runs.prune_rule`).
+  Every algorithm's choice is the same as without pruning.
+
   Args:
     setups: seed -> the seed's :class:`~hadfl_jax.train.Setup` (:class:`SeedSetups`).
     log: gets a line per run (``None``: silent); ``verbose`` also prints every run's own
       per-evaluation lines.
+    bounds: per algorithm, the best sum over seeds of times to target of points run
+      before (:func:`best_sums`), for pruning.
   """
   seeds = tuple(config.compare.seeds)
   points = {name: (points_of or (lambda n: grid_points(config, n)))(name) for name in names}
   counter = RunCounter(sum(len(p) for p in points.values()) * len(seeds), log)
   found: dict[tuple[str, str], dict[int, RunRecord]] = {}
   index = RunIndex(workdir)  # A point that another point's run already computed reuses it.
+  best_sum = dict(bounds or {})
+  prune = bool(config.compare.get('prune'))
   for seed in seeds:
     setup = None
     for name in names:
@@ -158,20 +178,30 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
         label = f'{name} {tag} seed {seed}'
         setup = setup or setups(seed)
         cfg = apply_point(seeded(config, seed), name, point, setup.problem)
+        before = found.get((name, tag), {})
+        budget = (best_sum[name] - sum(r.time_to_target_s if r.time_to_target_s is not None
+                                       else r.sim_time_s for r in before.values())
+                  if prune and name in best_sum else None)
         rec = index.find(cfg, where)
         if config.compare.get('cached_only'):
           counter(label, rec and dataclasses.replace(rec, cached=True))
           if rec is None:
             continue  # Not run (CPU time): the point is listed as not run.
         else:
-          if rec is None:
-            rec = run_point(cfg, setup, evaluator, where, verbose)
+          if not covers(rec, budget):
+            rec = run_point(cfg, setup, evaluator, where, verbose, prune_budget_s=budget)
             index.add(cfg, where)
           else:
             rec = dataclasses.replace(rec, cached=True)
           counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}  final acc '
-                  f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s')
+                  f'{rec.final_consensus_accuracy:.4f}  sim {rec.sim_time_s:.1f}s'
+                  + ('  (pruned)' if 'pruned' in rec.summary else ''))
         found.setdefault((name, tag), {})[seed] = rec.at(point)
+        done = found[(name, tag)]
+        if len(done) == len(seeds) and all(r.time_to_target_s is not None
+                                           for r in done.values()):
+          total = sum(r.time_to_target_s for r in done.values())
+          best_sum[name] = min(best_sum.get(name, total), total)
   out = {}
   for name in names:
     complete, skipped = [], []
@@ -214,7 +244,7 @@ def search(config, setups, evaluator, workdir: str, names: Sequence[str],
     for name, extra in new.items():
       points[name] += extra
     found = tune(config, setups, evaluator, workdir, tuple(new), points_of=new.get, log=log,
-                 verbose=verbose)
+                 verbose=verbose, bounds=best_sums(tuned))
     for name, extra in new.items():
       t = found.get(name) or Tuned(best=None, grid=(), skipped=tuple(
           dict(p, missing_seeds=list(config.compare.seeds)) for p in extra))

@@ -186,6 +186,93 @@ def test_a_collapsed_point_is_stopped_and_recorded_as_a_miss(config, tmp_path, m
   assert '1 collapsed' in (tmp_path / 'report.md').read_text()
 
 
+def test_prune_rule_and_which_cached_runs_answer_a_budget():
+  rule = runs_lib.prune_rule(3.0)
+  assert rule([]) is None and rule(_rows((3.0, 0.5, 0.5))) is None  # Not past the budget.
+  assert rule(_rows((2.0, 0.5, 0.5), (3.5, 0.4, 0.6))).startswith('pruned:')
+  full = _record(None, 0.5, 10.0)
+  pruned = compare.RunRecord(summary=dict(full.summary, pruned='pruned: ...',
+                                          prune_budget_s=5.0), history=(), wall_time_s=0.0)
+  assert not runs_lib.covers(None, 1.0)
+  assert runs_lib.covers(full, None) and runs_lib.covers(full, 1.0)
+  assert runs_lib.covers(pruned, 4.0) and runs_lib.covers(pruned, 5.0)
+  assert not runs_lib.covers(pruned, 6.0) and not runs_lib.covers(pruned, None)
+
+
+# True times to target of dfedavg's three points on seeds 0 and 1 (None: never).
+_TRUE_TTA = {0.01: (5.0, 5.0), 0.02: (3.0, 4.0), 0.05: (6.0, 2.0)}
+
+
+def _fake_run_point(calls):
+  """run_point answering from _TRUE_TTA, stopping where prune_budget_s says (the first
+  evaluation past the budget, 0.5 s later)."""
+
+  def run(cfg, setup, evaluator, where, verbose=False, prune_budget_s=None):
+    del setup, evaluator, where, verbose
+    tta = _TRUE_TTA[cfg.optimizer.learning_rate][cfg.seed]
+    calls.append((cfg.optimizer.learning_rate, cfg.seed, prune_budget_s))
+    summary = {'time_to_target_s': tta, 'final_consensus_accuracy': 0.9, 'sim_time_s': tta}
+    if prune_budget_s is not None and tta > prune_budget_s:
+      summary.update(time_to_target_s=None, sim_time_s=max(prune_budget_s, 0.0) + 0.5,
+                     pruned='pruned: by the fake', prune_budget_s=prune_budget_s)
+    return compare.RunRecord(summary=summary, history=(), wall_time_s=0.0)
+
+  return run
+
+
+@pytest.mark.parametrize('prune', [False, True])
+def test_pruning_stops_points_that_cannot_win_and_keeps_the_choice(config, tmp_path,
+                                                                     monkeypatch, prune):
+  calls = []
+  monkeypatch.setattr(compare, 'run_point', _fake_run_point(calls))
+  config.compare.algorithms = ('dfedavg',)
+  config.compare.learning_rates = tuple(_TRUE_TTA)
+  config.compare.local_steps = (5,)
+  config.compare.seeds = (0, 1)
+  config.compare.prune = prune
+  (tuned,) = compare.tune(config, runs_lib.SeedSetups(config), None, str(tmp_path),
+                          ('dfedavg',), log=None).values()
+  assert tuned.best.point['lr'] == 0.02  # Sums 10, 7 and 8: the same choice either way.
+  budgets = {(lr, seed): b for lr, seed, b in calls}
+  if not prune:
+    assert set(budgets.values()) == {None}
+    return
+  # Seed by seed: nothing is known before lr 0.01 has both seeds (sum 10); lr 0.02 may
+  # then take 10 - 3 = 7 on seed 1 (it takes 4: best sum 7); lr 0.05 may take 7 - 6 = 1
+  # and is stopped (it needs 2).
+  assert budgets == {(0.01, 0): None, (0.02, 0): None, (0.05, 0): None,
+                     (0.01, 1): None, (0.02, 1): 7.0, (0.05, 1): 1.0}
+  grid = {g.point['lr']: g for g in tuned.grid}
+  assert 'pruned' in grid[0.05].records[1].summary
+  assert grid[0.05].records[1].time_to_target_s is None
+  # Edge extension or options after it start from the sums found (search's bounds).
+  assert compare.best_sums({'dfedavg': tuned}) == {'dfedavg': 7.0}
+
+
+def test_a_pruned_run_is_recorded_and_rerun_for_a_larger_budget(config, tmp_path):
+  from hadfl_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from hadfl_jax.comparison import grid  # pylint: disable=g-import-not-at-top
+  config.target_accuracy, config.max_sim_time = 0.99, 2.0
+  setup = runs_lib.SeedSetups(config)(0)
+  evaluator = evaluation.Evaluator.for_model(setup.problem.model, setup.test,
+                                             config.eval_batch_size,
+                                             config.device_eval_examples,
+                                             task=setup.problem.task)
+  cfg = grid.apply_point(runs_lib.seeded(config, 0), 'dfedavg', {'lr': 0.05, 'h': 5},
+                         setup.problem)
+  where = str(tmp_path / 'run')
+  rec = runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=0.0)
+  rows = [json.loads(line) for line in open(os.path.join(where, 'metrics.jsonl'))]
+  assert len(rows) == 1  # Stopped at the first evaluation, past 0 s.
+  assert 'pruned: not at the target' in rec.summary['pruned'] and rec.time_to_target_s is None
+  assert rec.sim_time_s == rows[0]['sim_time_s'] < config.max_sim_time
+  assert rec.summary['prune_budget_s'] == 0.0
+  assert runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=0.0).cached
+  longer = runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=None)
+  assert not longer.cached and 'pruned' not in longer.summary
+  assert longer.sim_time_s == pytest.approx(config.max_sim_time, abs=1.0)
+
+
 def _record(tta, acc, sim):
   return compare.RunRecord(summary={'time_to_target_s': tta, 'final_consensus_accuracy': acc,
                                     'sim_time_s': sim}, history=(), wall_time_s=0.0)

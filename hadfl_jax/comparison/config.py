@@ -73,6 +73,10 @@ class CompareConfig(tc.Section):
   cached_only: bool = tc.boolean(False, doc='only collect finished runs')
   stop_collapsed: bool = tc.boolean(True, doc='stop a run whose model collapsed to chance '
                                     '(comparison/runs.py, collapse_rule); counted as a miss')
+  prune: bool = tc.boolean(False, doc='stop a tuning run once its point can no longer have '
+                           "the best mean time to target of its algorithm's points run so far "
+                           '(comparison/runs.py, prune_rule; exact for the choice); counted as '
+                           'a miss at the time it stopped')
   sweep_ratios: tuple = tc.numbers((1.0, 2.0, 4.0, 8.0, 16.0), low=1,
                                    doc='heterogeneity sweep: fastest / slowest speed')
   sweep: bool = tc.boolean(False, doc='run the heterogeneity sweep too')

@@ -68,8 +68,8 @@ def summarise(tuned: dict[str, Tuned]) -> dict:
         'grid': [{'point': r.point, 'time_to_target_s': r.time_to_target(),
                   'final_consensus_accuracy': r.mean('final_consensus_accuracy'),
                   'diverged': sum('diverged' in x.summary for x in r.records),
-                  **({'collapsed': n} if (n := sum('collapsed' in x.summary
-                                                   for x in r.records)) else {}),
+                  **{kind: n for kind in ('collapsed', 'pruned')
+                     if (n := sum(kind in x.summary for x in r.records))},
                   'wall_time_s': r.wall_time_s} for r in t.grid],
         'not_run': list(t.skipped),
     }
@@ -136,7 +136,8 @@ def report_markdown(config, results: dict, title: str, seeds=None, machine=None)
   for name, r in results.items():
     for g in r['grid']:
       tta = g['time_to_target_s']
-      diverged = ''.join(f' ({g[k]} {k})' for k in ('diverged', 'collapsed') if g.get(k))
+      diverged = ''.join(f' ({g[k]} {k})' for k in ('diverged', 'collapsed', 'pruned')
+                         if g.get(k))
       lines.append(f'| {name} | {g["point"]["lr"]} | {g["point"].get("h", "-")} | '
                    f'{_options(g["point"]) or "-"} | {stats.fmt_estimate(tta)} | '
                    f'{tta["reached"]}/{tta["n"]}{diverged} | '

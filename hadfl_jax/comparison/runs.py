@@ -200,27 +200,46 @@ def run_dir(workdir: str, name: str, tag: str, seed: int) -> str:
   return os.path.join(workdir, 'runs', f'{name}_{tag}', f'seed{seed}')
 
 
+def covers(record: RunRecord | None, prune_budget_s: float | None) -> bool:
+  """Whether a cached record answers a run with this pruning budget: any record but one
+  pruned earlier than the budget now allows (a record of a run that went to its end
+  answers every budget)."""
+  if record is None:
+    return False
+  pruned_at = record.summary.get('prune_budget_s')
+  if 'pruned' not in record.summary or pruned_at is None:
+    return True
+  return prune_budget_s is not None and pruned_at >= prune_budget_s
+
+
 def run_point(config, setup: train.Setup, evaluator, workdir: str,
-              verbose: bool = False) -> RunRecord:
+              verbose: bool = False, prune_budget_s: float | None = None) -> RunRecord:
   """Runs one algorithm with one config on a shared setup; returns its record.
 
   The run is :func:`hadfl_jax.train.train_and_evaluate`'s, on the shared data and
   evaluator, with the evaluation schedule in simulated seconds described in the module
   docstring. A finished run of the same config in ``workdir`` is reused (its record says
-  ``cached``). ``verbose`` prints the run's own lines (one per evaluation).
+  ``cached``) unless it was pruned earlier than ``prune_budget_s`` allows
+  (:func:`covers`). ``verbose`` prints the run's own lines (one per evaluation).
+  ``prune_budget_s``: stop the run, unless it has reached the target, at the first
+  evaluation past this simulated time (:func:`prune_rule`).
   """
   validation.validate(config)
   cached = load_run(config, workdir)
-  if cached is not None:
+  if covers(cached, prune_budget_s):
     return dataclasses.replace(cached, cached=True)
-  if os.path.isdir(workdir):  # A stale or unfinished run of another config: start over.
+  if os.path.isdir(workdir):  # A stale, unfinished or pruned run: start over.
     shutil.rmtree(workdir)
   run_config = copy.deepcopy(config)
   run_config.eval_interval_s = eval_interval(config, None)
   run_config.eval_growth = float(config.compare.get('eval_growth', 0.1))
-  give_up = (collapse_rule(setup.test.num_classes, config.max_sim_time)
-             if config.compare.get('stop_collapsed', True) and config.loss == 'cross_entropy'
-             else None)
+  rules = []
+  if config.compare.get('stop_collapsed', True) and config.loss == 'cross_entropy':
+    rules.append(collapse_rule(setup.test.num_classes, config.max_sim_time))
+  if prune_budget_s is not None:
+    rules.append(prune_rule(prune_budget_s))
+  give_up = (lambda history: next(filter(None, (rule(history) for rule in rules)), None)
+             ) if rules else None
   wall = time.perf_counter()
   try:
     train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
@@ -228,12 +247,15 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
     with open(os.path.join(workdir, 'timing.json')) as f:
       timing = json.load(f)
   except (train.DivergenceError, train.GaveUp) as e:
-    # One point of a grid that diverges or collapses (a learning rate too large) is a
-    # result, not the end of the comparison: recorded as a run that never reached the
-    # target.
-    kind = 'collapsed' if isinstance(e, train.GaveUp) else 'diverged'
-    write_json(os.path.join(workdir, 'summary.json'),
-               diverged_summary(config, workdir, str(e), kind))
+    # One point of a grid that diverges, collapses (a learning rate too large) or is
+    # pruned is a result, not the end of the comparison: recorded as a run that never
+    # reached the target.
+    kind = ('diverged' if not isinstance(e, train.GaveUp) else
+            'pruned' if 'pruned:' in str(e) else 'collapsed')
+    summary = diverged_summary(config, workdir, str(e), kind)
+    if kind == 'pruned':
+      summary['prune_budget_s'] = prune_budget_s
+    write_json(os.path.join(workdir, 'summary.json'), summary)
     timing = {}
   timing['wall_time_s'] = time.perf_counter() - wall
   write_json(os.path.join(workdir, 'timing.json'), timing)
@@ -276,12 +298,37 @@ def collapse_rule(num_classes: int, max_sim_time: float,
   return rule
 
 
+def prune_rule(budget_s: float) -> Callable[[list[dict]], str | None]:
+  """A give-up rule for a tuning run that can no longer change the choice.
+
+  ``budget_s`` is how long this seed may take before its point's mean time to target
+  must exceed that of the best point of its algorithm run so far, which reached the
+  target on every seed (:func:`hadfl_jax.compare.tune`). Past it, without the target,
+  the point ranks below that one whatever happens later (:func:`rank_key
+  <hadfl_jax.comparison.report.rank_key>`: a missed seed ranks after none), so the run is
+  stopped and recorded as a miss at the time it stopped (``pruned`` in ``summary.json``).
+  The choice is the same as without pruning; the pruned point's own time to target is
+  then only known to exceed the time it stopped at. Not in the run key: a run that
+  reaches the target computes the same with or without it.
+  """
+
+  def rule(history: list[dict]) -> str | None:
+    t = history[-1]['sim_time_s'] if history else 0.0
+    if t > budget_s:
+      return (f'pruned: not at the target by {t:.2f} simulated s, past the {budget_s:.2f} s '
+              "after which its point's mean time to target exceeds the best point's")
+    return None
+
+  return rule
+
+
 def diverged_summary(config, workdir: str, message: str, kind: str = 'diverged') -> dict:
-  """``summary.json`` of a run stopped by divergence (or collapse, ``kind``): it never
-  reached the target (unless it had before), its final accuracy is 0 when diverged (its
-  model is not finite) or its last evaluation's when collapsed, and it counts as having
-  run ``max_sim_time`` (else as far as it got), so that a mean over seeds with such a
-  seed is the lower bound of a run that never gets there."""
+  """``summary.json`` of a run stopped by divergence (or collapse or pruning, ``kind``): it
+  never reached the target (unless it had before), its final accuracy is 0 when diverged
+  (its model is not finite), else its last evaluation's. A diverged or collapsed run
+  counts as having run ``max_sim_time`` (else as far as it got), so that a mean over seeds
+  with such a seed is the lower bound of a run that never gets there; a pruned one as
+  having run as far as it got (:func:`prune_rule`)."""
   path = os.path.join(workdir, 'metrics.jsonl')
   rows = []
   if os.path.exists(path):
@@ -291,13 +338,14 @@ def diverged_summary(config, workdir: str, message: str, kind: str = 'diverged')
     open(path, 'w').close()
   reached = [r for r in rows if r['consensus_accuracy'] >= config.target_accuracy]
   last = rows[-1] if rows else {}
-  final = last.get('consensus_accuracy', 0.0) if kind == 'collapsed' else 0.0
+  final = last.get('consensus_accuracy', 0.0) if kind != 'diverged' else 0.0
   return {'algorithm': config.algorithm, kind: message,
           'target_accuracy': config.target_accuracy,
           'time_to_target_s': reached[0]['sim_time_s'] if reached else None,
           'final_consensus_accuracy': final,
           'best_consensus_accuracy': max((r['consensus_accuracy'] for r in rows), default=0.0),
-          'sim_time_s': float(config.max_sim_time or last.get('sim_time_s', 0.0)),
+          'sim_time_s': float(last.get('sim_time_s', 0.0) if kind == 'pruned'
+                              else config.max_sim_time or last.get('sim_time_s', 0.0)),
           'bytes_sent': last.get('bytes_sent', 0.0),
           'busiest_link_bytes': last.get('busiest_link_bytes', 0.0)}
 
