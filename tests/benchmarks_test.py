@@ -58,6 +58,17 @@ def test_gossip_forms_agree_on_stochastic_mixings(kind, n):
   run_fn()  # The donated state is fed back.
 
 
+def test_gossip_cycle_ab_runs_both_forms_on_the_same_schedule(digits_data_dir):
+  from hadfl_jax.configs import quick_compare  # pylint: disable=g-import-not-at-top
+  config = quick_compare.get_config()
+  config.dataset.data_dir = digits_data_dir
+  config.algorithm = 'adpsgd'
+  row = gossip.cycle_ab(config, warm=1, cycles=2, repeats=1)
+  steps = row['local_steps']
+  assert set(steps) == set(gossip.FORMS) and len(set(steps.values())) == 1
+  assert steps['sum of gathered rows'] > 0 and row['reduction_over_sum'] > 0
+
+
 def test_run_writes_json_and_markdown(tmp_path):
   assert run.main(['--out', str(tmp_path), '--quick', '--only', 'waste']) == 0
   results = json.loads((tmp_path / 'results.json').read_text())
