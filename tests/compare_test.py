@@ -512,8 +512,9 @@ def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
   _assert_close(results['ablation']['rows'], expected['ablation']['rows'], 'ablation')
 
 
-@pytest.mark.parametrize('scenario', ['paper_mnist_tuning', 'paper_mnist'])
-def test_the_committed_paper_like_study_is_found_whole_in_its_cache(scenario, tmp_path):
+@pytest.mark.parametrize('scenario', ['paper_mnist_tuning', 'paper_mnist',
+                                      'noniid_mnist_tuning'])
+def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tmp_path):
   # results/<scenario>/COMMAND run again finds every run it needs and gives the committed
   # results: nothing is left to run and nothing reported was hand-edited. The tuning
   # (grid, extended edges, options at the best points) chose every lr and H inside its
@@ -524,7 +525,7 @@ def test_the_committed_paper_like_study_is_found_whole_in_its_cache(scenario, tm
   results, _ = _recollect(scenario, tmp_path, **{'dataset.idx_dir': str(fixtures.SHARED_MNIST)})
   for name, r in results['algorithms'].items():
     assert r['not_run'] == [], name
-    if scenario == 'paper_mnist_tuning':
+    if scenario.endswith('_tuning'):
       for knob in ('lr', 'h'):  # Every choice interior to its grid.
         values = sorted({g['point'][knob] for g in r['grid'] if knob in g['point']})
         if knob in r['chosen']:
