@@ -262,7 +262,8 @@ def test_a_pruned_run_is_recorded_and_rerun_for_a_larger_budget(config, tmp_path
                          setup.problem)
   where = str(tmp_path / 'run')
   rec = runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=0.0)
-  rows = [json.loads(line) for line in open(os.path.join(where, 'metrics.jsonl'))]
+  with open(os.path.join(where, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
   assert len(rows) == 1  # Stopped at the first evaluation, past 0 s.
   assert 'pruned: not at the target' in rec.summary['pruned'] and rec.time_to_target_s is None
   assert rec.sim_time_s == rows[0]['sim_time_s'] < config.max_sim_time
