@@ -5,7 +5,7 @@ at every exchange of AD-PSGD and Prague and every round of D-PSGD and decentrali
 FedAvg, on the whole stacked state. It is written as D gathers, each scaled by its
 weights and added: one elementwise fusion. The same function written the direct way,
 gathering an (N, D, ...) array and summing over its axis 1 (:func:`reduction_form`),
-compiles on XLA:CPU to a reduction that ran 20 to 35x slower. Both are timed here on the
+compiles on XLA:CPU to a reduction that ran 20 to 70x slower. Both are timed here on the
 CNN's stacked parameters (421,642 per device), for the mixings the algorithms use:
 AD-PSGD's disjoint pairs (D = 2) and the Metropolis-Hastings ring (D = 3) and torus
 (D = 5), N = 8 (paper-like) and 64 (many-devices). Medians of interleaved repeats, each

@@ -150,7 +150,7 @@ def apply_neighbours(mixing: NeighbourMixing, tree_N: PyTree) -> PyTree:
   """Applies a :class:`NeighbourMixing`: x_i <- sum_d w[i, d] x[cols[i, d]]."""
 
   # A sum of D gathered rows, each scaled by its weight: one elementwise fusion. The same
-  # sum written as a reduction over axis 1 of the gathered (N, D, ...) array ran 20 to 35x
+  # sum written as a reduction over axis 1 of the gathered (N, D, ...) array ran 20 to 70x
   # slower on XLA:CPU (benchmarks/gossip.py), and it ran at every exchange of AD-PSGD and
   # Prague and every round of D-PSGD and decentralized FedAvg.
   num_slots = mixing.cols_NxD.shape[1]
