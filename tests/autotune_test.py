@@ -44,8 +44,44 @@ def test_the_fastest_is_chosen_measured_once_and_cached(tmp_path, monkeypatch):
                          path=path) == 'a'
   monkeypatch.setattr(autotune, 'machine_key', lambda: {'backend': 'other'})
   assert autotune.choose('x', work, _timers({'a': 0.5, 'b': 1.0}, calls), path=path) == 'a'
-  assert len(calls) == 6
+  # Each measurement: 'a' twice (its samples reach the 1 s budget), 'b' once.
+  assert calls[2:] == ['a', 'b', 'a'] * 2
   assert len(json.loads(open(path).read())) == 3
+
+
+def test_candidates_are_sampled_in_interleaved_rounds_within_their_budgets():
+  calls = []
+  seconds = autotune.measure(_timers({'a': 0.01, 'b': 0.02, 'c': 0.6}, calls), repeats=3,
+                             budget_s=1.0)
+  # Name order, then reversed; 'c' stops once its samples took the budget (0.6 + 0.6).
+  assert calls == ['a', 'b', 'c', 'c', 'b', 'a', 'a', 'b']
+  assert seconds == {'a': 0.01, 'b': 0.02, 'c': 0.6}
+  calls.clear()
+  timers = _timers({'a': 0.01, 'b': float('inf')}, calls)
+  assert autotune.measure(timers, per={'a': 4}) == {'a': 0.0025, 'b': float('inf')}
+  assert calls == ['a', 'b', 'a', 'a']  # Not run, 'b' is not sampled again.
+
+
+def test_a_load_that_comes_and_goes_falls_on_every_candidate_alike(tmp_path):
+  # 'a' takes 1 ms and 'b' 2 ms, 10x that while the machine is loaded: over the first
+  # three samples taken. Timed one after the other, 'a' would have seen only the load.
+  taken = []
+
+  def sampler(name, ms):
+    def sample():
+      taken.append(name)
+      return ms * (10 if len(taken) <= 3 else 1) / 1e3
+    return sample
+
+  sequential = {name: min(sampler(name, ms)() for _ in range(3))
+                for name, ms in (('a', 1.0), ('b', 2.0))}
+  assert min(sequential, key=sequential.get) == 'b'  # The wrong choice.
+  taken.clear()
+  path = str(tmp_path / 'c.json')
+  candidates = {'a': sampler('a', 1.0), 'b': sampler('b', 2.0)}
+  assert autotune.choose('load', {}, candidates, path=path) == 'a'
+  (entry,) = json.loads(open(path).read()).values()
+  assert entry['seconds'] == pytest.approx({'a': 1e-3, 'b': 2e-3})
 
 
 def test_an_unreadable_cache_is_measured_again_and_no_file_when_disabled(tmp_path, monkeypatch):
@@ -173,6 +209,10 @@ def test_time_call_skips_a_candidate_over_the_memory_cap():
   assert autotune.time_call(fn, x, max_temp_bytes=temp - 1) == float('inf')
   assert 0 < autotune.time_call(fn, x, max_temp_bytes=temp) < float('inf')
   assert 0 < autotune.time_call(fn, x) < float('inf')
+  lowered = []
+  traced = jax.jit(lambda x: lowered.append(1) or x @ x)
+  sample = autotune.call_timer(traced, x)
+  assert all(0 < sample() < float('inf') for _ in range(3)) and lowered == [1]
 
 
 def test_the_code_key_follows_the_models_module_and_survives_a_model_without_a_file(

@@ -19,7 +19,9 @@ it runs:
   (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
   the loss only by float rounding.
 
-Timing a candidate holds its memory, so on CPU candidates are timed only within
+Candidates are timed in interleaved rounds, each the best of a few calls
+(:func:`measure`), so that a load that comes and goes on a shared machine falls on all of
+them alike. Timing a candidate holds its memory, so on CPU candidates are timed only within
 :data:`TIMED_MIB` (sub-bucket working sets, XLA's temporaries of a timed call): a run's
 first on a machine would otherwise peak far above its own needs.
 
@@ -153,39 +155,82 @@ def _store(path: str | None, key: str, entry: dict) -> None:
     logging.warning('autotune: cannot write %s (%s)', path, e)
 
 
-def time_call(fn: Callable[..., Any], *args, repeats: int = 3, budget_s: float = 1.0,
-              max_temp_bytes: float | None = None) -> float:
-  """Seconds of one call of the jitted ``fn(*args)``, compiled first: the best of up to
-  ``repeats`` calls, fewer once ``budget_s`` is spent (a slow candidate is timed once).
-  Infinite, without a call, where XLA's memory analysis gives the compiled call more
-  than ``max_temp_bytes`` of temporaries."""
-  compiled = fn.lower(*args).compile()
-  if max_temp_bytes is not None:
-    analysis = compiled.memory_analysis()
-    temp = getattr(analysis, 'temp_size_in_bytes', None) if analysis is not None else None
-    if temp is not None and temp > max_temp_bytes:
+def call_timer(fn: Callable[..., Any], *args,
+               max_temp_bytes: float | None = None) -> Callable[[], float]:
+  """A sampler of the jitted ``fn(*args)``: each call of it runs ``fn`` once and returns
+  the seconds taken. ``fn`` is compiled at the first sample, outside the time. Infinite,
+  without a call, where XLA's memory analysis gives the compiled call more than
+  ``max_temp_bytes`` of temporaries."""
+  compiled = None
+
+  def sample() -> float:
+    nonlocal compiled
+    if compiled is None:
+      compiled = fn.lower(*args).compile()
+      if max_temp_bytes is not None:
+        analysis = compiled.memory_analysis()
+        temp = getattr(analysis, 'temp_size_in_bytes', None) if analysis is not None else None
+        if temp is not None and temp > max_temp_bytes:
+          compiled = False
+    if compiled is False:
       return float('inf')
-  best, spent = float('inf'), 0.0
-  for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
-    elapsed = time.perf_counter() - start
-    best, spent = min(best, elapsed), spent + elapsed
-    if spent > budget_s:
-      break
-  return best
+    return time.perf_counter() - start
+
+  return sample
+
+
+REPEATS = 3  # Samples of each candidate: the best counts.
+BUDGET_S = 1.0  # A candidate is sampled again only while its samples took less than this.
+
+
+def measure(samplers: Mapping[str, Callable[[], float]], *,
+            per: Mapping[str, float] | None = None, repeats: int = REPEATS,
+            budget_s: float = BUDGET_S) -> dict[str, float]:
+  """The best of up to ``repeats`` samples of each sampler (name -> seconds of one call),
+  divided by its units of work (``per``, default 1), taken in interleaved rounds: every
+  candidate once per round, in name order and reversed every other round. A change in the
+  machine's load then falls on every candidate alike instead of on whichever was being
+  timed (sequential timing chose the slower of two evaluation batch sizes on a machine
+  that a test suite loaded halfway through). A candidate is sampled no more once its
+  samples took ``budget_s`` (a slow one is timed once) or it is infinite (not run)."""
+  names = sorted(samplers)
+  best = dict.fromkeys(names, float('inf'))
+  spent = dict.fromkeys(names, 0.0)
+  for round_ in range(repeats):
+    for name in names if round_ % 2 == 0 else names[::-1]:
+      if round_ and (spent[name] >= budget_s or spent[name] == float('inf')):
+        continue
+      seconds = float(samplers[name]())
+      spent[name] += seconds
+      best[name] = min(best[name], seconds)
+  units = per or {}
+  return {name: best[name] / units.get(name, 1) for name in names}
+
+
+def time_call(fn: Callable[..., Any], *args, repeats: int = REPEATS,
+              budget_s: float = BUDGET_S, max_temp_bytes: float | None = None) -> float:
+  """Seconds of one call of the jitted ``fn(*args)``, compiled first: the best of up to
+  ``repeats`` calls, fewer once ``budget_s`` is spent (:func:`call_timer`, :func:`measure`)."""
+  sampler = call_timer(fn, *args, max_temp_bytes=max_temp_bytes)
+  return measure({'call': sampler}, repeats=repeats, budget_s=budget_s)['call']
 
 
 def choose(what: str, work: Mapping[str, Any],
            candidates: Mapping[str, Callable[[], float]], *,
-           path: str | None = None) -> str:
-  """The fastest of ``candidates`` (name -> a function that times it, in seconds) for
-  ``work`` on this machine, from the cache if it was measured before.
+           per: Mapping[str, float] | None = None, path: str | None = None) -> str:
+  """The fastest of ``candidates`` for ``work`` on this machine, from the cache if it was
+  measured before.
 
   Args:
     what: the computation (``'training_conv'``, ``'training_width'``, ``'inference'``).
     work: what the timing depends on besides the machine (shapes, model, ...; JSON).
-    candidates: the implementations and how to time each.
+    candidates: the implementations and their samplers (name -> a function running it
+      once and returning the seconds taken, e.g. :func:`call_timer`), sampled in
+      interleaved rounds (:func:`measure`).
+    per: each candidate's units of work per call (default 1): the choice is the fastest
+      per unit, e.g. per device-step or per example.
     path: the cache file (default :func:`cache_path`).
 
   Returns:
@@ -199,7 +244,7 @@ def choose(what: str, work: Mapping[str, Any],
                    default=str)
   entry = _memory.get(key) or _load(path).get(key)
   if entry is None or entry.get('choice') not in candidates:
-    seconds = {name: float(candidates[name]()) for name in names}
+    seconds = measure(candidates, per=per)
     machine.release_free_memory()  # What the candidates held goes back to the system.
     entry = {'choice': min(names, key=seconds.__getitem__), 'seconds': seconds,
              'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
@@ -232,9 +277,9 @@ def with_conv_impl(model, impl: str):
 def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int,
                          input_shape: tuple[int, ...], width: int,
                          steps: int) -> Callable[[], float]:
-  """Times ``steps`` local steps of ``width`` devices vmapped in a ``lax.fori_loop`` (the
-  engine's loop) on random examples: seconds per call (infinite for a loop needing more
-  than :data:`TIMED_MIB` of temporaries, not run)."""
+  """A sampler (:func:`call_timer`) of ``steps`` local steps of ``width`` devices vmapped
+  in a ``lax.fori_loop`` (the engine's loop) on random examples (infinite for a loop
+  needing more than :data:`TIMED_MIB` of temporaries, not run)."""
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
   params_W, opt_state_W = stack(params), stack(optimizer.init(params))
@@ -252,7 +297,7 @@ def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int
       return step(p, o, keys, jnp.full((width,), i), images, labels, count)
     return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
 
-  return lambda: time_call(loop, params_W, opt_state_W, max_temp_bytes=timed_bytes())
+  return call_timer(loop, params_W, opt_state_W, max_temp_bytes=timed_bytes())
 
 
 def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
@@ -323,14 +368,12 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   if len(widths) == 1:
     return 0 if widths[0] >= shard_width else widths[0]
 
-  def per_device_step(width: int) -> Callable[[], float]:
-    timer = _training_loop_timer(model, params, optimizer, task, batch_size, input_shape,
-                                 width, steps)
-    return lambda: timer() / (width * steps)
-
+  timers = {str(w): _training_loop_timer(model, params, optimizer, task, batch_size,
+                                         input_shape, w, steps) for w in widths}
   work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
               shard_width=shard_width)
-  best = int(choose('training_width', work, {str(w): per_device_step(w) for w in widths}))
+  best = int(choose('training_width', work, timers,
+                    per={str(w): w * steps for w in widths}))  # Per device-step.
   return 0 if best >= shard_width else best
 
 
@@ -366,15 +409,14 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
 
   def timer(impl: str, size: int) -> Callable[[], float]:
     module = with_conv_impl(model, impl)
-    num = examples // size
-    x_TxB = x[:num * size].reshape((num, size) + tuple(input_shape))
+    x_TxB = x[:examples // size * size].reshape((examples // size, size) + tuple(input_shape))
     forward = jax.jit(lambda p, x_TxB: jax.lax.map(lambda x_B: module.apply(p, x_B), x_TxB))
-    return lambda: time_call(forward, {'params': params}, x_TxB,
-                             max_temp_bytes=timed_bytes()) / (num * size)
+    return call_timer(forward, {'params': params}, x_TxB, max_temp_bytes=timed_bytes())
 
   work = {'model': repr(model), 'code': code_key(model), 'max_batch': max_batch,
           'input_shape': list(input_shape)}
-  name = choose('inference', work,
-                {f'{impl}@{size}': timer(impl, size) for impl in impls for size in sizes})
+  candidates = {f'{impl}@{size}': timer(impl, size) for impl in impls for size in sizes}
+  per_example = {f'{impl}@{size}': examples // size * size for impl in impls for size in sizes}
+  name = choose('inference', work, candidates, per=per_example)
   impl, _, size = name.partition('@')
   return impl, int(size)
