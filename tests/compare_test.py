@@ -311,9 +311,17 @@ def test_edge_points_extend_a_grid_whose_edge_won():
   # The largest lr and the smallest H won: twice the lr and half the H, the rest kept.
   assert grid.edge_points({'lr': 0.1, 'h': 4}, points) == [{'lr': 0.2, 'h': 4},
                                                            {'lr': 0.1, 'h': 2}]
-  assert grid.edge_points({'lr': 0.05, 'h': 16, 'hadfl.rho': 0.25}, points) == [
+  with_rho = [dict(p, **{'hadfl.rho': rho}) for p in points for rho in (0.25, 0.5)]
+  assert grid.edge_points({'lr': 0.05, 'h': 16, 'hadfl.rho': 0.25}, with_rho) == [
       {'lr': 0.025, 'h': 16, 'hadfl.rho': 0.25}, {'lr': 0.05, 'h': 32, 'hadfl.rho': 0.25}]
   assert grid.edge_points({'lr': 0.05, 'h': 8}, points + [{'lr': 0.025, 'h': 8}]) == []
+  # On its own line: H 2 ran at lr 0.1 only, so lr 0.1 is both ends there (although lr
+  # 0.05 ran at other H), and H 2 is the smallest H at lr 0.1.
+  extended = points + [{'lr': 0.2, 'h': 4}, {'lr': 0.1, 'h': 2}]
+  assert grid.edge_points({'lr': 0.1, 'h': 2}, extended) == [
+      {'lr': 0.2, 'h': 2}, {'lr': 0.05, 'h': 2}, {'lr': 0.1, 'h': 1}]
+  # lr 0.1 at H 4 has 0.05 and 0.2 beside it on its line: interior.
+  assert grid.edge_points({'lr': 0.1, 'h': 4}, extended + [{'lr': 0.1, 'h': 1}]) == []
   # A single value was fixed, not searched; H does not go below 1; DDP has no H.
   assert grid.edge_points({'lr': 0.1, 'h': 5}, [{'lr': 0.1, 'h': 5}]) == []
   assert grid.edge_points({'lr': 0.1, 'h': 1}, [{'lr': 0.1, 'h': 1}, {'lr': 0.1, 'h': 2}]) == []

@@ -61,21 +61,24 @@ def grid_points(config, algorithm: str) -> list[dict]:
 def edge_points(best: dict, points: list[dict]) -> list[dict]:
   """The points that extend a grid whose edge won (``compare.extend_edges``).
 
-  For the learning rate and H: where ``best``'s value is the largest (smallest) of at
-  least two in ``points``, the point at twice (half) of it, ``best``'s other coordinates
-  kept (H halves down to 1). A coordinate with a single value was fixed, not searched,
-  and is left alone.
+  For the learning rate and H: where ``best``'s value is the largest (smallest) on its
+  own line, the points of ``points`` that share ``best``'s other coordinates, the point at
+  twice (half) of it, those other coordinates kept (H halves down to 1). A value that is
+  alone on its line (an extension point) gets both. A coordinate with a single value in
+  the whole grid was fixed, not searched, and is left alone. The line, not the whole
+  grid: lr 0.05 at H 10, where H 10 was an extension run at lr 0.05 only, is the
+  largest lr run at H 10, although lr 0.1 ran at H 20.
   """
   out = []
   for knob, kind in (('lr', float), ('h', int)):
-    if knob not in best:
+    if knob not in best or len({p[knob] for p in points if knob in p}) < 2:
       continue
-    values = sorted({p[knob] for p in points if knob in p})
-    if len(values) < 2:
-      continue
-    if best[knob] == values[-1]:
+    line = sorted({p[knob] for p in points
+                   if knob in p and all(p.get(k) == v for k, v in best.items() if k != knob)}
+                  | {best[knob]})
+    if best[knob] == line[-1]:
       out.append(dict(best, **{knob: kind(best[knob] * 2)}))
-    elif best[knob] == values[0] and (kind is float or best[knob] >= 2):
+    if best[knob] == line[0] and (kind is float or best[knob] >= 2):
       out.append(dict(best, **{knob: kind(best[knob] / 2)}))
   return [p for p in out if p not in points]
 
