@@ -90,13 +90,13 @@ from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.comparison import stats
 from hadfl_jax.comparison.grid import apply_point
+from hadfl_jax.comparison.grid import carried_over
 from hadfl_jax.comparison.grid import edge_points
 from hadfl_jax.comparison.grid import eval_interval
 from hadfl_jax.comparison.grid import grid_points
 from hadfl_jax.comparison.grid import option_points
 from hadfl_jax.comparison.grid import parse_extra_local_steps
 from hadfl_jax.comparison.grid import point_tag
-from hadfl_jax.comparison.report import ablation_over_seeds
 from hadfl_jax.comparison.report import fmt_tta
 from hadfl_jax.comparison.report import plot_curves
 from hadfl_jax.comparison.report import plot_sweep
@@ -118,7 +118,7 @@ from hadfl_jax.comparison.runs import Tuned
 from hadfl_jax.comparison.runs import write_json
 from hadfl_jax.core import profiles
 
-__all__ = ['ABLATION', 'ablation', 'ablation_over_seeds', 'apply_point', 'compare',
+__all__ = ['ABLATION', 'ablation', 'apply_point', 'compare',
            'eval_interval', 'grid_points', 'heterogeneity_sweep', 'parse_extra_local_steps',
            'point_tag', 'PointRuns', 'rank_key', 'run_point', 'RunRecord', 'search', 'SeedSetups',
            'speedup', 'summarise', 'Tuned', 'tune']
@@ -188,7 +188,7 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
           if rec is None:
             continue  # Not run (CPU time): the point is listed as not run.
         else:
-          if not covers(rec, budget):
+          if not covers(rec, budget, config.compare.get('stop_collapsed', True)):
             rec = run_point(cfg, setup, evaluator, where, verbose, prune_budget_s=budget)
             index.add(cfg, where)
           else:
@@ -232,11 +232,12 @@ def search(config, setups, evaluator, workdir: str, names: Sequence[str],
   point's runs are cached like any other, so the same command finds them again.
   """
   tuned = tune(config, setups, evaluator, workdir, names, log=log, verbose=verbose)
-  if config.compare.get('winners_from'):
-    return tuned  # The earlier comparison's winners: nothing to search.
+  carried = carried_over(config)  # The earlier comparison's winners: not searched.
   points = {name: [g.point for g in t.grid] + [
       {k: v for k, v in p.items() if k != 'missing_seeds'} for p in t.skipped]
-            for name, t in tuned.items()}
+            for name, t in tuned.items() if name not in carried}
+  if not points:
+    return tuned
 
   def more(new: dict[str, list[dict]]) -> None:
     """Runs the new points and adds them to their algorithms' grids."""
@@ -252,12 +253,14 @@ def search(config, setups, evaluator, workdir: str, names: Sequence[str],
       tuned[name] = Tuned(best=min(grid, key=rank_key), grid=grid, skipped=skipped)
 
   for _ in range(config.compare.get('extend_edges', 0)):
-    new = {name: edge_points(t.best.point, points[name]) for name, t in tuned.items()}
+    new = {name: edge_points(tuned[name].best.point, points[name]) for name in points
+           if tuned[name].best is not None}
     if not any(new.values()):
       break
     more(new)
   if config.compare.get('options_at_best'):
-    more({name: option_points(config, name, t.best.point) for name, t in tuned.items()})
+    more({name: option_points(config, name, tuned[name].best.point) for name in points
+          if tuned[name].best is not None})
   return tuned
 
 
@@ -352,9 +355,11 @@ def ablation(config, setups, evaluator, base_point: dict, workdir: str, log=prin
       rows.append({'field': field, 'value': v, 'time_to_target_s': runs.time_to_target(),
                    'final_consensus_accuracy': runs.mean('final_consensus_accuracy')})
   write_json(os.path.join(workdir, 'ablation.json'), rows)
+  centre = validation.algorithm_config(
+      apply_point(config, 'hadfl', base_point, setups(seeds[0]).problem))
   lines = ['# HADFL ablation', '',
-           f'One factor at a time around the defaults (selection={config.hadfl.selection}, '
-           f'weights={config.hadfl.weights}, rho={config.hadfl.rho}) at lr={base_point["lr"]}, '
+           f'One factor at a time around selection={centre.selection}, '
+           f'weights={centre.weights}, rho={centre.rho} at lr={base_point["lr"]}, '
            f'H={base_point.get("h")}; target {config.target_accuracy:.0%}; seeds '
            f'{", ".join(map(str, seeds))}. Mean ± 95% CI half width over the seeds (">=": some '
            'seed missed the target and counts as its run length).', '',

@@ -11,9 +11,11 @@ from hadfl_jax.core import selection
 
 
 @pytest.mark.parametrize('rho,n,k', [(0.5, 8, 4), (0.1, 8, 2), (0.25, 10, 3), (1.0, 5, 5),
-                                     (0.3, 64, 19), (0.05, 4, 2)])
+                                     (0.3, 64, 19), (0.05, 4, 2), (0.58, 25, 15),
+                                     (0.7, 45, 32)])
 def test_group_size(rho, n, k):
-  # round(2.5) = 3 (halves round up), max(2, .) keeps a pair.
+  # round(2.5) = 3 (halves round up, also 14.5 from 0.58 * 25 = 14.499999999999998 in
+  # floating point), max(2, .) keeps a pair.
   assert selection.group_size(rho, n) == k
 
 

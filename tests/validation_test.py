@@ -146,6 +146,9 @@ CROSS_FIELD = {
          'fedbuff.server_lr=-1', 'hadfl.selection=no_such_rule', '=3', 'fedbuff.=1']),
     'compare.seeds': st.lists(st.integers(0, 3), min_size=2, max_size=5).filter(
         lambda s: len(set(s)) < len(s)).map(tuple),
+    'compare.sweep_ratios': st.lists(st.sampled_from([1, 1.0, 2.0, 16]), min_size=2,
+                                     max_size=5).filter(
+        lambda s: len({float(r) for r in s}) < len(s)).map(tuple),
     'profile.speeds': st.one_of(  # The default kind is 'list': one speed per device.
         st.lists(st.floats(0.1, 10), max_size=12).filter(lambda s: len(s) != N),
         st.lists(st.floats(max_value=0), min_size=N, max_size=N),

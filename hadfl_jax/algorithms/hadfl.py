@@ -4,7 +4,7 @@ Cao, Lian, Liu, Zhu, Ji. "HADFL: Heterogeneity-aware Decentralized Federated Lea
 Framework". DAC 2021. arXiv:2111.08274.
 
 The paper's full text is not available to this project; this module implements the
-reconstruction specified in ``docs/spec.md`` ("One HADFL cycle"), every open choice being an
+reconstruction specified in ``docs/spec.md`` ("One cycle c"), every open choice being an
 option of :class:`Config`. One cycle c:
 
 1. Selection: K = max(2, round(rho N)) devices drawn without replacement, probability
@@ -57,8 +57,9 @@ class Config(tc.Section):
   selection: str = tc.choice('version', selection.RULES,
                              doc='the rule of the selection weights q_i (selection.RULES)')
   weights: str = tc.choice('version', mixing.WEIGHTS,
-                           doc="averaging weights a_j (mixing.WEIGHTS); 'version' won the "
-                           'ablation (docs/results.md)')
+                           doc="averaging weights a_j (mixing.WEIGHTS); 'version' is the "
+                           "spec's default, which the five-seed ablation does not favour "
+                           "('data' was faster; docs/results.md)")
   opt_state: str = tc.choice('average', engine_lib.OPT_STATE_RULES,
                              doc='what a sync does to optimizer states')
   t_local: float = tc.number(0.1, low=0, low_open=True,

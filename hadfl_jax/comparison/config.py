@@ -107,6 +107,8 @@ class CompareConfig(tc.Section):
           specs[field].coerce(f'{prefix}options: {name}.{field}', v)
     if len(set(self.seeds)) != len(self.seeds):
       tc.fail(prefix + 'seeds', self.seeds, 'must not repeat a seed')
+    if len({float(r) for r in self.sweep_ratios}) != len(self.sweep_ratios):
+      tc.fail(prefix + 'sweep_ratios', self.sweep_ratios, 'must not repeat a ratio')
     if self.winners_from and not os.path.isfile(os.path.expanduser(self.winners_from)):
       tc.fail(prefix + 'winners_from', self.winners_from,
               'must be None or the path of an existing results.json')

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 
 import ml_collections
 
@@ -39,11 +40,9 @@ def grid_points(config, algorithm: str) -> list[dict]:
   ``compare.options_at_best`` the options are left out here (:func:`option_points`).
   """
   cmp = config.compare
-  if cmp.get('winners_from'):
-    with open(cmp.winners_from) as f:
-      earlier = json.load(f)['algorithms']
-    if algorithm in earlier:
-      return [dict(earlier[algorithm]['chosen'])]
+  earlier = carried_over(config)
+  if algorithm in earlier:
+    return [dict(earlier[algorithm])]
   points = []
   extra = parse_extra_local_steps(cmp.get('extra_local_steps') or '')
   steps = sorted(set(cmp.local_steps) | set(extra.get(algorithm, ())))
@@ -56,6 +55,18 @@ def grid_points(config, algorithm: str) -> list[dict]:
       for values in itertools.product(*options.values()):
         points.append(dict(point, **{f'{algorithm}.{f}': v for f, v in zip(options, values)}))
   return points
+
+
+def carried_over(config) -> dict[str, dict]:
+  """The points that won in ``compare.winners_from`` (an earlier ``results.json``), per
+  algorithm there; none without it. Those algorithms run that point only; the others
+  get the whole search."""
+  path = config.compare.get('winners_from')
+  if not path:
+    return {}
+  with open(os.path.expanduser(path)) as f:
+    earlier = json.load(f)['algorithms']
+  return {name: r['chosen'] for name, r in earlier.items() if r.get('chosen')}
 
 
 def edge_points(best: dict, points: list[dict]) -> list[dict]:
@@ -86,12 +97,13 @@ def edge_points(best: dict, points: list[dict]) -> list[dict]:
 def option_points(config, algorithm: str, best: dict) -> list[dict]:
   """``compare.options_at_best``: the algorithm's options grid at its best (lr, H).
 
-  The combination of the algorithm's defaults is left out: ``best`` ran it already.
+  The combination that ``best`` ran with, the scenario's own values of those fields
+  (its ``config.<algorithm>`` section, else the algorithm's defaults), is left out.
   """
   options = parse_options(config.compare.get('options') or '').get(algorithm, {})
   if not options:
     return []
-  defaults = algorithms.ALGORITHMS.get(algorithm).Config()
+  defaults = validation.algorithm_config(config, algorithm)
   out = []
   for values in itertools.product(*options.values()):
     if all(getattr(defaults, f) == v for f, v in zip(options, values)):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from typing import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -38,9 +36,14 @@ def fmt_tta(t):
 
 
 def fmt_speedup(s):
-  """A per-seed ratio (``value``) or a mean over seeds (``mean``, ``ci95``)."""
+  """A per-seed ratio (``value``) or a mean over seeds (``mean``, ``ci95``); a mean over
+  fewer seeds than were run (those where HADFL reached the target) says how many."""
   if 'mean' in s:
-    return stats.fmt_estimate(s, unit='x')
+    text = stats.fmt_estimate(s, unit='x')
+    runs = len(s.get('per_seed', ()))
+    if s['mean'] is not None and s.get('n', runs) < runs:
+      text += f' ({s["n"]}/{runs} seeds)'
+    return text
   if s['value'] is None:
     return 'n/a'
   return f'{">= " if s["lower_bound"] else ""}{s["value"]:.2f}x'
@@ -105,7 +108,9 @@ def report_markdown(config, results: dict, title: str, seeds=None, machine=None)
             "interval (Student's t). Time to target: a seed that missed it counts as its run "
             'length and the mean is then a lower bound (">="); "reached" counts the seeds that '
             'reached it. HADFL speedup: the mean of the per-seed ratios TTA(baseline) / '
-            'TTA(HADFL) (paired by seed; ">=" when a baseline missed the target on some seed). '
+            'TTA(HADFL) (paired by seed, over the seeds where HADFL reached the target, their '
+            'number given when not all; ">=" when a baseline missed the target on such a '
+            'seed). '
             'Each algorithm\'s point is the one with the best mean over the seeds. '
             "HADFL's H is the steps of its fastest device per cycle (t_local = H x seconds per "
             'step).', '']
@@ -114,7 +119,8 @@ def report_markdown(config, results: dict, title: str, seeds=None, machine=None)
             '|---|---|---|---|---|---|---|---|---|']
   for name, r in results.items():
     tta = r['time_to_target_s']
-    sp = fmt_speedup(r['hadfl_speedup']) if 'hadfl_speedup' in r else '1.00x'
+    sp = (fmt_speedup(r['hadfl_speedup']) if 'hadfl_speedup' in r else
+          '1.00x' if name == 'hadfl' else '-')
     lines.append(f'| {name} | {stats.fmt_estimate(tta)} | {tta["reached"]}/{tta["n"]} | {sp} | '
                  f'{stats.fmt_estimate(r["final_consensus_accuracy"], 4)} | '
                  f'{r["busiest_link_bytes"]["mean"] / 1e6:.1f} | {r["chosen"]["lr"]} | '
@@ -157,29 +163,6 @@ def sweep_table(rows) -> str:
     hadfl = r['time_to_target_s'].get('hadfl')
     lines.append(f'| {r["ratio"]:g} | {stats.fmt_estimate(hadfl) if hadfl else "-"} | ' +
                  ' | '.join(fmt_speedup(r['hadfl_speedup'][n]) for n in names) + ' |')
-  return '\n'.join(lines) + '\n'
-
-
-def ablation_over_seeds(paths: Sequence[str]) -> str:
-  """A markdown table of several ``ablation.json`` (one per seed): mean and per-seed TTA.
-
-  Points that never reached the target count as their run length (marked), so a mean
-  with such a point is a lower bound.
-  """
-  runs = []
-  for p in paths:
-    with open(p) as f:
-      runs.append(json.load(f))
-  lines = ['| option | value | mean TTA (sim s) | TTA per seed | mean final acc |',
-           '|---|---|---|---|---|']
-  for i, row in enumerate(runs[0]):
-    ttas = [r[i]['time_to_target_s'] for r in runs]
-    vals = [t if t is not None else r[i]['sim_time_s'] for t, r in zip(ttas, runs)]
-    mark = '>= ' if any(t is None for t in ttas) else ''
-    per = ', '.join(fmt_tta(t) for t in ttas)
-    acc = np.mean([r[i]['final_consensus_accuracy'] for r in runs])
-    lines.append(f'| {row["field"]} | {row["value"]} | {mark}{np.mean(vals):.2f} | {per} | '
-                 f'{acc:.4f} |')
   return '\n'.join(lines) + '\n'
 
 

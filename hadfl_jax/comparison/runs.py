@@ -200,11 +200,15 @@ def run_dir(workdir: str, name: str, tag: str, seed: int) -> str:
   return os.path.join(workdir, 'runs', f'{name}_{tag}', f'seed{seed}')
 
 
-def covers(record: RunRecord | None, prune_budget_s: float | None) -> bool:
+def covers(record: RunRecord | None, prune_budget_s: float | None,
+           stop_collapsed: bool = True) -> bool:
   """Whether a cached record answers a run with this pruning budget: any record but one
   pruned earlier than the budget now allows (a record of a run that went to its end
-  answers every budget)."""
+  answers every budget), and but one stopped as collapsed when collapsed runs are now
+  to run on (``compare.stop_collapsed`` off)."""
   if record is None:
+    return False
+  if 'collapsed' in record.summary and not stop_collapsed:
     return False
   pruned_at = record.summary.get('prune_budget_s')
   if 'pruned' not in record.summary or pruned_at is None:
@@ -226,7 +230,7 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
   """
   validation.validate(config)
   cached = load_run(config, workdir)
-  if covers(cached, prune_budget_s):
+  if covers(cached, prune_budget_s, config.compare.get('stop_collapsed', True)):
     return dataclasses.replace(cached, cached=True)
   if os.path.isdir(workdir):  # A stale, unfinished or pruned run: start over.
     shutil.rmtree(workdir)

@@ -83,8 +83,8 @@ def paired_speedup(hadfl_ttas: Sequence[float | None], other_ttas: Sequence[floa
 
 
 def fmt_estimate(est: dict, digits: int = 2, unit: str = '') -> str:
-  """``'2.31 +- 0.40'`` (the CI's half width), ``'>= '`` for a lower bound, ``'-'`` when
-  there is no mean."""
+  """``'2.31 ± 0.40'`` (the CI's half width), ``'>= '`` for a lower bound; without a mean,
+  ``'not reached'`` (a time to target that no seed reached) or ``'n/a'``."""
   if est.get('mean') is None:
     return 'not reached' if 'reached' in est else 'n/a'
   text = f'{">= " if est.get("lower_bound") else ""}{est["mean"]:.{digits}f}{unit}'

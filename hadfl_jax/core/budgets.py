@@ -1,4 +1,4 @@
-"""Heterogeneity-aware local step budgets (``docs/spec.md``, "One HADFL cycle", step 2).
+"""Heterogeneity-aware local step budgets (``docs/spec.md``, "One cycle c", step 3).
 
 A selected device trains for ``t_local`` simulated seconds and then synchronises; a device
 that is not selected does not stop for the sync, so it trains for ``t_local + t_sync``:

@@ -1,4 +1,4 @@
-"""Device faults (``docs/spec.md``, "One HADFL cycle", step 5).
+"""Device faults (``docs/spec.md``, "One cycle c", steps 1 and 5).
 
 A device is down in a cycle with probability ``p_drop``, or when a configured trace says
 so. A down device does no local steps and cannot be selected. A selected device can also

@@ -1,6 +1,6 @@
 """Local training of all devices at once: one vmap inside one masked loop.
 
-``docs/spec.md``, "One HADFL cycle", step 3: every device that is up runs its own number of
+``docs/spec.md``, "One cycle c", step 4: every device that is up runs its own number of
 minibatch steps H_i. All devices run together, one ``jax.vmap`` over the stacked device
 axis inside a single ``lax.while_loop`` of ``max_i H_i`` iterations; device i's update
 is masked off with ``jnp.where`` once ``t >= H_i``. The trip count is a traced value, so

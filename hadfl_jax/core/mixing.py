@@ -4,7 +4,7 @@ A decentralized aggregation step replaces the stacked device states ``x_N`` by `
 for a row-stochastic mixing matrix W. At scale W is never materialised. Two sparse forms
 cover every algorithm in the project:
 
-* :class:`GroupMixing`, HADFL's cycle (``docs/spec.md`` step 4): the K devices of S_c all
+* :class:`GroupMixing`, HADFL's cycle (``docs/spec.md``, "One cycle c", step 6): the K devices of S_c all
   receive the same weighted average ``sum_{j in S_c} a_j x_j``; everyone else keeps their
   model. W[i, j] = a_j for i, j in S_c, W[i, i] = 1 for i not in S_c, 0 elsewhere. It is
   applied by gather (K rows), one weighted sum and a scatter: O(K * M) work.
@@ -86,7 +86,7 @@ class NeighbourMixing:
 
 
 def group_weights(kind: str, *, idx_K, valid_K, num_examples_N, budgets_N, version_N):
-  """Averaging weights a_j of the group members (``docs/spec.md`` step 4, ``weights``).
+  """Averaging weights a_j of the group members (``docs/spec.md``, "One cycle c", step 6, ``weights``).
 
   Args:
     kind: a rule registered in :data:`WEIGHTS`: ``data`` (a_j proportional to n_j),

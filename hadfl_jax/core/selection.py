@@ -1,6 +1,6 @@
 """Probabilistic selection of the devices that synchronise in a cycle.
 
-``docs/spec.md``, "One HADFL cycle", step 1: the coordinator draws K distinct devices without
+``docs/spec.md``, "One cycle c", step 2: the coordinator draws K distinct devices without
 replacement, with probability proportional to q_i, among the devices that are up. The
 draw is the successive-sampling (Plackett-Luce) scheme: pick one device with probability
 q_i / sum(q), remove it, repeat. It is implemented with the Gumbel-top-k trick, which
@@ -72,8 +72,11 @@ def staleness_rule(x: SelectionInputs) -> chex.Array:
 
 
 def group_size(rho: float, num_devices: int) -> int:
-  """K = max(2, round(rho * N)), rounding halves up (not Python's banker's rounding)."""
-  return max(2, int(math.floor(rho * num_devices + 0.5)))
+  """K = max(2, round(rho * N)), rounding halves up (not Python's banker's rounding).
+
+  rho * N is rounded to 9 decimals first: in binary floating point 0.58 * 25 is
+  14.499999999999998, a half that would otherwise round down."""
+  return max(2, int(math.floor(round(rho * num_devices, 9) + 0.5)))
 
 
 def selection_scores(kind: str, inputs: SelectionInputs) -> chex.Array:
