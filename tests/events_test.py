@@ -1,8 +1,6 @@
 """The event clock and AD-PSGD: hand-computed timelines, and the vectorised engine against
 a plain event loop that pops one event at a time."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,6 @@ import pytest
 
 from hadfl_jax import algorithms
 from hadfl_jax import typed_config
-from hadfl_jax.algorithms import adpsgd
 from hadfl_jax.algorithms import reference
 from hadfl_jax.core import events
 from hadfl_jax.core import faults
