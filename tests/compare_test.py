@@ -347,6 +347,12 @@ def test_grid_points(config):
   cfg = compare.apply_point(config, 'ddp', {'lr': 0.1}, problem)
   steps = cfg.ddp.steps_per_cycle
   assert steps * algorithms.ddp.step_time(problem) == pytest.approx(1.0, rel=0.1)
+  # Without an interval: 4 cycles of HADFL at the smallest H of the grid, extra H included.
+  config.compare.eval_interval_s = 0.0
+  config.profile.seconds_per_step = 0.01
+  assert compare.eval_interval(config, problem) == pytest.approx(4 * 3 * 0.01)
+  config.compare.extra_local_steps = 'dfedavg=2,20'
+  assert compare.eval_interval(config, problem) == pytest.approx(4 * 2 * 0.01)
 
 
 

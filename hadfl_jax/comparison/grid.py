@@ -132,10 +132,13 @@ def apply_point(config, algorithm: str, point: dict, problem) -> ml_collections.
 
 
 def eval_interval(config, problem) -> float:
-  """``compare.eval_interval_s``, or (0) about 4 cycles of HADFL at the grid's smallest H."""
+  """``compare.eval_interval_s``, or (0) about 4 cycles of HADFL at the grid's smallest H
+  (``compare.local_steps`` and ``compare.extra_local_steps``; points that extend the grid
+  later do not change it, so that every point of a study is evaluated alike)."""
   if config.compare.eval_interval_s > 0:
     return float(config.compare.eval_interval_s)
-  h = min(config.compare.local_steps)
+  extra = parse_extra_local_steps(config.compare.get('extra_local_steps') or '')
+  h = min([*config.compare.local_steps, *(h for steps in extra.values() for h in steps)])
   del problem
   return float(4 * h * config.profile.seconds_per_step)
 
