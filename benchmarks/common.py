@@ -182,7 +182,8 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
           params={}, opt_state=(), key=jax.random.split(device_key, n),
           steps=jnp.zeros((n,), jnp.int32), version=jnp.zeros((n,), jnp.float32)),
       speed_est=jnp.asarray(problem.profile.speed_N, jnp.float32),
-      last_sync=jnp.full((n,), -1, jnp.int32), cycle=jnp.zeros((), jnp.int32), key=coord_key)
+      last_sync=jnp.full((n,), -1, jnp.int32), cycle=jnp.zeros((), jnp.int32), key=coord_key,
+      carry=jnp.zeros((n,), jnp.float32))
 
   @jax.jit
   def step(state):
@@ -196,7 +197,8 @@ def budget_trace(scenario: Scenario, num_cycles: int, seed: int = 0) -> np.ndarr
     synced_N = plan['selected_N'] & group.active
     state = state.replace(
         devices=state.devices.replace(version=mixing.apply_group(group, version_N)),
-        last_sync=jnp.where(synced_N, state.cycle, state.last_sync), cycle=state.cycle + 1)
+        last_sync=jnp.where(synced_N, state.cycle, state.last_sync), cycle=state.cycle + 1,
+        carry=plan['carry_N'])
     return state, plan['budgets_N']
 
   rows = []

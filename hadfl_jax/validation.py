@@ -59,7 +59,8 @@ def import_modules(config) -> None:
   Raises:
     ConfigError: a module that cannot be imported, naming it and why.
   """
-  modules = config.get('imports', ()) or ()
+  modules = config.get('imports', ())
+  modules = () if modules is None else modules  # Not `or ()`: 0 or '' is no tuple either.
   if not isinstance(modules, (tuple, list)) or not all(isinstance(m, str) and m for m in modules):
     _fail('imports', modules, 'must be a tuple of module names')
   for name in modules:

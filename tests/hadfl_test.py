@@ -33,8 +33,11 @@ def run_both(options, cycles=3, problem_kw=None):
     dict(rho=1.0, selection='uniform', weights='uniform', t_local=0.2, h_cap=4),
     dict(p_drop=0.3, p_sync_fail=0.3, rho=1.0, t_local=0.2,
          jitter_sigma=0.3, speed_ema=0.5, down_trace=((0, 1, 2),)),
+    dict(outsiders='carried', t_local=0.22),  # Budgets differ from 'planned' here.
+    dict(outsiders='carried', p_drop=0.3, t_local=0.2, jitter_sigma=0.3, speed_ema=0.5,
+         h_cap=6),
 ], ids=['defaults', 'speed-steps-keep', 'staleness-version-reset', 'all-uniform-capped',
-        'faults-jitter'])
+        'faults-jitter', 'carried', 'carried-faults-jitter-capped'])
 def test_engine_matches_python_loop_reference(options):
   run_both(options)
 

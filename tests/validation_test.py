@@ -170,7 +170,7 @@ INVALID = {
     'seed': _numbers(low=0, high=2**31 - 1, integer=True),
     'algorithm': _names(algorithms.names()),
     'imports': st.one_of(st.just(('no_such_module_for_hadfl',)), st.integers(),
-                         st.just(('',))),
+                         st.just(0), st.just(''), st.just(('',))),
     'loss': _names(task_lib.LOSSES.names()),
     'dataset.name': st.one_of(st.sampled_from(['no_such_dataset', 'mnist_idxx', 'digit']),
                               st.integers(), st.none()),

@@ -10,7 +10,9 @@ option of :class:`Config`. One cycle c:
 1. Selection: K = max(2, round(rho N)) devices drawn without replacement, probability
    proportional to q_i (``selection``), among the devices that are up.
 2. Step budgets: selected devices train ``t_local`` seconds, the others
-   ``t_local + t_sync(S_c)``, at their profiled speeds (:mod:`hadfl_jax.core.budgets`).
+   ``t_local + t_sync(S_c)``, at their profiled speeds (:mod:`hadfl_jax.core.budgets`);
+   with ``outsiders='carried'`` the others train the cycle as it lasts, at their true
+   speeds, keeping the time of a step begun for the next cycle.
 3. Local training: all devices in one vmapped, masked loop (:mod:`hadfl_jax.core.local`).
 4. Aggregation: the selected devices that survive the sync average their models with
    weights a_j (``weights``) by a sparse gather / weighted sum / scatter
@@ -44,6 +46,7 @@ from hadfl_jax.core import mixing
 from hadfl_jax.core import selection
 
 GRID_KNOBS = ('lr', 'h')
+OUTSIDER_CLOCKS = ('planned', 'carried')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,11 @@ class Config(tc.Section):
   t_local: float = tc.number(0.1, low=0, low_open=True,
                              doc='simulated seconds of local training between syncs')
   h_cap: int = tc.integer(1000, low=1, doc='the largest local step budget')
+  outsiders: str = tc.choice('planned', OUTSIDER_CLOCKS,
+                             doc="the steps of devices outside the group: 'planned' "
+                             'floor(ŝ (t_local + t_sync)), at least 1 (docs/spec.md, step '
+                             "3); 'carried' the whole steps their true speed fits into "
+                             'the cycle as it lasts, the rest of the time carried over')
   speed_ema: float = tc.number(0.9, low=0, high=1, high_open=True,
                                doc="weight of the old estimate in the coordinator's EMA of "
                                'observed speeds (with speed jitter)')
@@ -94,6 +102,8 @@ class State:
     last_sync: cycle of each device's last sync, -1 if never, (N,).
     cycle: index of the next cycle.
     key: raw PRNG key of the coordinator (faults, selection, jitter).
+    carry: seconds of a begun step each device carries into the next cycle, (N,)
+      (``outsiders='carried'``; zeros otherwise).
   """
 
   devices: local.DeviceState
@@ -101,6 +111,7 @@ class State:
   last_sync: jax.Array
   cycle: jax.Array
   key: jax.Array
+  carry: jax.Array
 
 
 HadflState = State
@@ -115,11 +126,13 @@ def init(problem: base.Problem, key: jax.Array) -> State:
       last_sync=jnp.full((n,), -1, jnp.int32),
       cycle=jnp.zeros((), jnp.int32),
       key=coord_key,
+      carry=jnp.zeros((n,), jnp.float32),
   )
 
 
 def plan(problem: base.Problem, config: Config, state: State) -> dict[str, jax.Array]:
-  """Steps 1, 2 and the fault draws: who is up, who syncs, the budgets.
+  """Steps 1 to 3, the fault draws and the clock: who is up, who syncs, the budgets, the
+  cycle's length.
 
   A function of its own so that the reference implementation and tests can reuse the
   exact random draws.
@@ -140,10 +153,21 @@ def plan(problem: base.Problem, config: Config, state: State) -> dict[str, jax.A
                                      problem.profile.latency)
   budgets_N = budgets_lib.step_budgets(state.speed_est, selected_N, up_N, config.t_local,
                                        t_sync, config.h_cap)
+  # The clock: the slowest selected device's compute, then the sync.
+  compute_N = clock.compute_time(budgets_N, true_speed_N)
+  cycle_time = jnp.where(jnp.any(selected_N),
+                         jnp.max(jnp.where(selected_N, compute_N, 0.0)) + t_sync,
+                         config.t_local)
+  carry_N = jnp.zeros_like(state.carry)
+  if config.outsiders == 'carried':
+    outsider_N = up_N & ~selected_N
+    outsider_budgets_N, carry_N = budgets_lib.carried_budgets(
+        true_speed_N, outsider_N, cycle_time, state.carry, config.h_cap)
+    budgets_N = jnp.where(outsider_N, outsider_budgets_N, budgets_N)
   survive_K = faults.sync_survivors(k_sync, idx_K, valid_K, problem.faults.p_sync_fail)
   return dict(up_N=up_N, q_N=q_N, idx_K=idx_K, valid_K=valid_K, survive_K=survive_K,
               selected_N=selected_N, t_sync=t_sync, budgets_N=budgets_N,
-              true_speed_N=true_speed_N)
+              true_speed_N=true_speed_N, cycle_time=cycle_time, carry_N=carry_N)
 
 
 def group_mixing(problem: base.Problem, config: Config, p: dict[str, jax.Array],
@@ -183,11 +207,6 @@ def make(problem: base.Problem, config: Config,
         lambda trained: group_mixing(problem, config, p, trained.version),
         opt_state_rule=config.opt_state)
 
-    # The clock: the slowest selected device's compute, then the sync.
-    compute_N = clock.compute_time(budgets_N, p['true_speed_N'])
-    cycle_time = jnp.where(
-        jnp.any(p['selected_N']),
-        jnp.max(jnp.where(p['selected_N'], compute_N, 0.0)) + p['t_sync'], config.t_local)
     bytes_N = jnp.where(synced_N, clock.ring_allreduce_bytes_per_peer(
         jnp.sum(p['survive_K']), problem.model_bytes), 0.0)
 
@@ -198,8 +217,8 @@ def make(problem: base.Problem, config: Config,
 
     new_state = state.replace(devices=devices, speed_est=speed_est,
                               last_sync=jnp.where(synced_N, state.cycle, state.last_sync),
-                              cycle=state.cycle + 1)
-    return new_state, base.CycleInfo.make(cycle_time, bytes_N, budgets_N, loss_N, p['up_N'],
+                              cycle=state.cycle + 1, carry=p['carry_N'])
+    return new_state, base.CycleInfo.make(p['cycle_time'], bytes_N, budgets_N, loss_N, p['up_N'],
                                           synced_N)
 
   return base.Algorithm(

@@ -93,6 +93,26 @@ def reference_cycle(problem: base.Problem, opts: hadfl_lib.Config, state: hadfl_
     h = math.floor(speed_est[i] * horizon * (1.0 + 1e-6))
     budgets.append(min(max(h, 1), opts.h_cap) if up[i] else 0)
 
+  # The clock: this cycle's true speeds, the group's slowest compute, then the sync.
+  true_speed = np.asarray(profile.speed_N, np.float32).astype(np.float64)
+  jitter_sigma = profile.jitter_sigma
+  if jitter_sigma > 0:
+    true_speed = true_speed * np.exp(
+        jitter_sigma * np.asarray(jax.random.normal(k_jitter, (n,)), np.float64))
+  if group:
+    cycle_time = max(budgets[i] / true_speed[i] for i in group) + t_sync
+  else:
+    cycle_time = opts.t_local
+  carry = [0.0] * n
+  if opts.outsiders == 'carried':  # Outsiders run the cycle as it lasts, keeping the rest.
+    carried_in = [float(c) for c in np.asarray(state.carry)]
+    for i in range(n):
+      if up[i] and i not in group:
+        available = cycle_time + carried_in[i]
+        h = math.floor(true_speed[i] * available * (1.0 + 1e-6))
+        budgets[i] = min(h, opts.h_cap)
+        carry[i] = max(available - h / true_speed[i], 0.0) if h <= opts.h_cap else 0.0
+
   # Local training: one device at a time, one step at a time.
   step = _jitted_device_step(problem.model.apply, problem.optimizer, problem.batch_size,
                              problem.task)
@@ -155,21 +175,11 @@ def reference_cycle(problem: base.Problem, opts: hadfl_lib.Config, state: hadfl_
       elif opts.opt_state == 'reset':
         opt_state[i] = problem.optimizer.init(avg_params)
 
-  # The clock.
-  true_speed = np.asarray(profile.speed_N, np.float32).astype(np.float64)
-  jitter_sigma = profile.jitter_sigma
-  if jitter_sigma > 0:
-    true_speed = true_speed * np.exp(
-        jitter_sigma * np.asarray(jax.random.normal(k_jitter, (n,)), np.float64))
-  if group:
-    cycle_time = max(budgets[i] / true_speed[i] for i in group) + t_sync
-  else:
-    cycle_time = opts.t_local
   g = len(survivors)
   bytes_sent = [2 * (g - 1) / g * m_bytes if i in survivors else 0.0 for i in range(n)]
   if jitter_sigma > 0:
     for i in range(n):
-      if up[i]:
+      if up[i] and budgets[i] > 0:
         speed_est[i] = opts.speed_ema * speed_est[i] + (1 - opts.speed_ema) * true_speed[i]
 
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
@@ -183,6 +193,7 @@ def reference_cycle(problem: base.Problem, opts: hadfl_lib.Config, state: hadfl_
       speed_est=np.asarray(speed_est, np.float32),
       last_sync=np.asarray([cycle if i in survivors else last_sync[i] for i in range(n)], np.int32),
       cycle=np.asarray(cycle + 1, np.int32),
+      carry=np.asarray(carry, np.float32),
   )
   info = base.CycleInfo(
       cycle_time=np.float32(cycle_time),

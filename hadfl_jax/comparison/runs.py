@@ -458,7 +458,8 @@ def upgrade_run_key(key: dict) -> dict:
   """A run key written by an earlier version, in today's form.
 
   Before ``refine_target`` existed, runs resolved the time to target to the scheduled
-  evaluations (``refine_target`` False). Before the per-algorithm sections, one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
+  evaluations (``refine_target`` False). Before ``hadfl.outsiders``, HADFL's outsiders
+  were budgeted as ``'planned'`` is. Before the per-algorithm sections, one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
   coordinator's ``speed_ema`` lived in ``profile``, and there were no ``loss`` and
   ``imports`` fields (cross-entropy, nothing imported). The runs computed the same
   numbers (``tests/compare_test.py`` checks the upgrade), so cached runs stay usable.
@@ -467,12 +468,14 @@ def upgrade_run_key(key: dict) -> dict:
   _drop_locations(key)
   key.setdefault('refine_target', False)
   if 'baselines' not in key:
+    if isinstance(key.get('hadfl'), dict):  # Before hadfl.outsiders: 'planned'.
+      key['hadfl'].setdefault('outsiders', 'planned')
     return key
   baselines, hadfl = key.pop('baselines'), key.pop('hadfl')
   speed_ema = key['profile'].pop('speed_ema', 0.9)
   name = key['algorithm']
   if name == 'hadfl':
-    key['hadfl'] = {**hadfl, 'speed_ema': speed_ema}
+    key['hadfl'] = {**hadfl, 'speed_ema': speed_ema, 'outsiders': 'planned'}
   else:
     key[name] = {new: baselines[old] for new, old in _OLD_BASELINE_FIELDS[name].items()}
   key.setdefault('imports', [])

@@ -6,6 +6,10 @@ that is not selected does not stop for the sync, so it trains for ``t_local + t_
   H_i = clip(floor(s_i * t_local), 1, h_cap)            for i in S_c
   H_i = clip(floor(s_i * (t_local + t_sync)), 1, h_cap)  otherwise
   H_i = 0                                               for a device that is down
+
+With ``hadfl.outsiders = 'carried'`` (:func:`carried_budgets`) a device that is not
+selected instead runs the whole steps its true speed fits into the cycle as it lasts,
+T_c, plus the time it carried over from earlier cycles, and carries the rest.
 """
 
 from __future__ import annotations
@@ -43,3 +47,40 @@ def step_budgets(
   raw_N = jnp.floor(speed_N * horizon_N * (1.0 + 1e-6))
   budgets_N = jnp.clip(raw_N, 1, h_cap).astype(jnp.int32)
   return jnp.where(up_N, budgets_N, 0)
+
+
+def carried_budgets(
+    true_speed_N: chex.Array,
+    outsider_N: chex.Array,
+    cycle_time: chex.Numeric,
+    carry_N: chex.Array,
+    h_cap: int,
+) -> tuple[chex.Array, chex.Array]:
+  """The steps of the devices outside the sync group when they keep their time.
+
+  An outsider trains for the whole cycle, T_c, as it lasts (its true speed, jitter
+  included) and for the time it carried in, ``carry``: the part of a step it had begun
+  when the previous cycle ended. It completes H_i = floor(s_i (T_c + carry_i)) steps (at
+  most ``h_cap``) and carries T_c + carry_i - H_i / s_i, less than one step, into the next
+  cycle; a capped device carries nothing (it idles). Other devices get 0 steps here and
+  carry nothing: a selected device abandons its partial step when it is told to sync, a
+  down device loses its cycle.
+
+  Args:
+    true_speed_N: steps per simulated second this cycle, shape (N,).
+    outsider_N: bool, up and not selected.
+    cycle_time: T_c, simulated seconds (scalar).
+    carry_N: seconds carried in, shape (N,).
+    h_cap: the largest budget any device may get.
+
+  Returns:
+    ``(budgets, carry)``: int32 steps of the outsiders (0 elsewhere) and the seconds they
+    carry out, shape (N,) each.
+  """
+  chex.assert_rank([true_speed_N, outsider_N, carry_N], 1)
+  available_N = cycle_time + carry_N
+  raw_N = jnp.floor(true_speed_N * available_N * (1.0 + 1e-6))
+  budgets_N = jnp.where(outsider_N, jnp.minimum(raw_N, h_cap), 0).astype(jnp.int32)
+  left_N = jnp.maximum(available_N - budgets_N / true_speed_N, 0.0)
+  carry_out_N = jnp.where(outsider_N & (raw_N <= h_cap), left_N, 0.0)
+  return budgets_N, carry_out_N.astype(jnp.float32)
