@@ -5,7 +5,8 @@ the run loop needs to continue exactly where it was:
 
 * ``state``: the algorithm's state pytree. For HADFL: the stacked device states
   (parameters, optimizer states, per-device PRNG keys, step counters, versions) and the
-  coordinator's (profiled speeds, last-sync cycles, cycle index, key). A device's step
+  coordinator's (profiled speeds, last-sync cycles, cycle index, key, the time each
+  device carries into the next cycle). A device's step
   counter is its data-sampling position: its k-th batch is drawn from
   ``fold_in(key_i, k)``, so the key and the counter are the whole data stream.
 * ``progress`` (JSON): the host's float64 ledger (simulated time, bytes, steps), the
@@ -34,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -92,6 +94,13 @@ def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+# Fields a state gained after checkpoints were written without them, restored from the
+# freshly initialised state (HADFL's ``carry``: zeros, what ``outsiders='planned'`` keeps).
+ADDED_STATE_FIELDS = ('carry',)
+# Config fields added since, with the value that runs written before them computed with.
+ADDED_CONFIG_FIELDS = {'hadfl.outsiders': 'planned'}
+
+
 def _resumable(field: str) -> bool:
   return any(field == f or field.startswith(f + '.') for f in RESUMABLE_FIELDS)
 
@@ -112,6 +121,10 @@ def config_differences(saved: Mapping, current: Mapping) -> list[str]:
   """
   missing = object()
   old, new = _flatten(active_sections(saved)), _flatten(active_sections(current))
+  for field, value in ADDED_CONFIG_FIELDS.items():
+    for tree, flat in ((saved, old), (current, new)):
+      if field.split('.')[0] in active_sections(tree) and field not in flat:
+        flat[field] = value  # Written before the field existed.
   lines = []
   for field in sorted(set(old) | set(new)):
     a, b = old.get(field, missing), new.get(field, missing)
@@ -178,9 +191,31 @@ class Checkpointer:
     """
     step = self.latest_step if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    added = self._added_fields(like, step)
+    if not added:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+      return restored.state, restored.progress
+    # Written before the state gained ``added``: restore the fields it has, take the
+    # others from ``like`` (their initial values).
+    target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+              if f.name not in added}
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
-    return restored.state, restored.progress
+        state=ocp.args.StandardRestore(target), progress=ocp.args.JsonRestore()))
+    state = like.replace(**restored.state)
+    return state, dict(restored.progress, fields_added_since_saved=sorted(added))
+
+  def _added_fields(self, like: PyTree, step: int) -> set[str]:
+    """The fields of :data:`ADDED_STATE_FIELDS` that ``like`` has and checkpoint ``step``
+    lacks (it was written by a version before them)."""
+    fields = set(ADDED_STATE_FIELDS) & set(getattr(like, '__dataclass_fields__', ()))
+    if not fields:
+      return set()
+    metadata = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), 'state'))
+    saved = getattr(metadata, 'item_metadata', metadata)
+    saved = getattr(saved, 'tree', saved)
+    return {f for f in fields if isinstance(saved, Mapping) and saved.get(f) is None}
 
   def save(self, step: int, state: PyTree, progress: dict) -> None:
     """Saves ``state`` and ``progress`` as checkpoint ``step`` (asynchronously).
@@ -222,7 +257,9 @@ class Checkpointer:
       try:
         state, progress = self.restore(like, step)
         digest = progress.get('state_digest')
-        if digest is not None and digest != state_digest(state):
+        saved_part = state.replace(**dict.fromkeys(
+            progress.pop('fields_added_since_saved', ()), None))  # What the digest covers.
+        if digest is not None and digest != state_digest(saved_part):
           raise ValueError('the restored state differs from the state that was saved '
                            '(digest mismatch)')
         if check is not None:

@@ -104,6 +104,44 @@ def test_checkpoint_holds_the_whole_state(finished, digits_data_dir):
   assert progress['config'] == checkpoint.to_json_tree(config)
 
 
+def test_a_checkpoint_written_before_the_state_had_carry_resumes(finished, copy_of,
+                                                                   digits_data_dir):
+  # Checkpoint 9 rewritten as a version before hadfl.outsiders wrote it: no `carry` in the
+  # state, no `outsiders` in the config, the digest over the state it had.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir = copy_of(finished)
+  config = _config(digits_data_dir, num_cycles=9)
+  setup = train.build_setup(config)
+  algorithm = train.build_algorithm(config, setup.problem)
+  fresh = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  checkpoints = checkpoint.Checkpointer(str(workdir))
+  try:
+    state, progress = checkpoints.restore(fresh, 9)
+    old_progress = json.loads(json.dumps(progress))
+    del old_progress['config']['hadfl']['outsiders']
+    old_progress['state_digest'] = checkpoint.state_digest(state.replace(carry=None))
+    old_state = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+                 if f.name != 'carry'}  # The fields, as the old State class had them.
+    checkpoints._manager.delete(9)
+    checkpoints._manager.save(9, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(old_state), progress=ocp.args.JsonSave(old_progress)))
+    checkpoints._manager.wait_until_finished()
+  finally:
+    checkpoints.close()
+  checkpoints = checkpoint.Checkpointer(str(workdir))  # As a new process opens it.
+  try:
+    step, restored, saved = checkpoints.restore_newest_good(fresh, check=lambda p: (
+        checkpoint.check_same_run(p['config'], checkpoint.to_json_tree(config), 'w', 's')))
+  finally:
+    checkpoints.close()
+  assert step == 9 and 'outsiders' not in saved['config']['hadfl']
+  chex.assert_trees_all_equal(restored, state)  # carry: the initial zeros.
+  # And the run goes on from it.
+  train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
+  assert _timing(workdir)['resumed_after_cycle'] == 9
+
+
 def test_rerunning_a_finished_run_runs_no_cycle(finished, copy_of, digits_data_dir):
   workdir = copy_of(finished)
   train.train_and_evaluate(_config(digits_data_dir, num_cycles=9), str(workdir))
@@ -195,6 +233,12 @@ def test_config_differences_ignore_resumable_fields():
   assert checkpoint.config_differences(saved, current) == [
       'hadfl.extra: absent in the workdir, 2 now']
   assert checkpoint.config_differences(current, current) == []
+  # A field added since reads as the value earlier runs computed with.
+  assert checkpoint.config_differences(saved, {**saved, 'hadfl': {
+      'rho': 0.5, 'outsiders': 'planned'}}) == []
+  assert checkpoint.config_differences(saved, {**saved, 'hadfl': {
+      'rho': 0.5, 'outsiders': 'carried'}}) == [
+          'hadfl.outsiders: "planned" in the workdir, "carried" now']
   as_ddp = lambda d: {**d, 'algorithm': 'ddp'}
   assert checkpoint.config_differences(as_ddp(saved), as_ddp(current)) == [
       'ddp.steps_per_cycle: 10 in the workdir, 3 now']
