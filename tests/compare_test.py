@@ -484,3 +484,26 @@ def test_runs_cached_before_the_per_algorithm_sections_are_found(config):
   cfg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5, 'dfedavg.opt_state': 'keep'},
                             setup.problem)
   assert runs_lib.upgrade_run_key(old) != json.loads(json.dumps(runs_lib.run_key(cfg)))
+
+
+def test_hadfl_run_keys_from_before_outsiders_and_group_size(config):
+  # Keys of HADFL runs written before hadfl.outsiders and before K was in the key are
+  # found as the 'planned' runs they were, unless K was rounded differently then.
+  config.hadfl.weights = 'data'
+  setup = train.build_setup(config)
+  cfg = compare.apply_point(config, 'hadfl', {'lr': 0.05, 'h': 5}, setup.problem)
+  now = json.loads(json.dumps(runs_lib.run_key(cfg)))
+  assert now['hadfl']['outsiders'] == 'planned' and now['hadfl']['group_size'] == 4
+  before = json.loads(json.dumps(now))
+  del before['hadfl']['outsiders'], before['hadfl']['group_size']
+  assert runs_lib.upgrade_run_key(before) == now
+  cfg.hadfl.outsiders = 'carried'
+  assert runs_lib.upgrade_run_key(before) != json.loads(json.dumps(runs_lib.run_key(cfg)))
+  # rho 0.58 of 25 devices: K was 14 (0.58 * 25 = 14.499999999999998), it is 15.
+  cfg.hadfl.outsiders, cfg.hadfl.rho, cfg.num_devices = 'planned', 0.58, 25
+  cfg.profile.kind = 'geometric'
+  now = json.loads(json.dumps(runs_lib.run_key(cfg)))
+  before = dict(now, hadfl={k: v for k, v in now['hadfl'].items()
+                            if k not in ('outsiders', 'group_size')})
+  assert now['hadfl']['group_size'] == 15
+  assert runs_lib.upgrade_run_key(before)['hadfl']['group_size'] == 14

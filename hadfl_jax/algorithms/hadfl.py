@@ -5,20 +5,22 @@ Framework". DAC 2021. arXiv:2111.08274.
 
 The paper's full text is not available to this project; this module implements the
 reconstruction specified in ``docs/spec.md`` ("One cycle c"), every open choice being an
-option of :class:`Config`. One cycle c:
+option of :class:`Config`. One cycle c, numbered as the spec numbers it:
 
-1. Selection: K = max(2, round(rho N)) devices drawn without replacement, probability
+1. Faults: who is down this cycle (:mod:`hadfl_jax.core.faults`).
+2. Selection: K = max(2, round(rho N)) devices drawn without replacement, probability
    proportional to q_i (``selection``), among the devices that are up.
-2. Step budgets: selected devices train ``t_local`` seconds, the others
+3. Step budgets: selected devices train ``t_local`` seconds, the others
    ``t_local + t_sync(S_c)``, at their profiled speeds (:mod:`hadfl_jax.core.budgets`);
    with ``outsiders='carried'`` the others train the cycle as it lasts, at their true
    speeds, keeping the time of a step begun for the next cycle.
-3. Local training: all devices in one vmapped, masked loop (:mod:`hadfl_jax.core.local`).
-4. Aggregation: the selected devices that survive the sync average their models with
+4. Local training: all devices in one vmapped, masked loop (:mod:`hadfl_jax.core.local`).
+5. Sync failures: a member that fails keeps its own state.
+6. Aggregation: the selected devices that survive the sync average their models with
    weights a_j (``weights``) by a sparse gather / weighted sum / scatter
    (:mod:`hadfl_jax.core.mixing`); versions are averaged the same way; optimizer states
    per ``opt_state``.
-5. Clock: T_c = max_{i in S_c} H_i / s_i + t_sync(S_c), ring all-reduce cost
+7. Clock: T_c = max_{i in S_c} H_i / s_i + t_sync(S_c), ring all-reduce cost
    (:mod:`hadfl_jax.core.clock`).
 
 The coordinator only schedules (who syncs, how many steps): model parameters move only
@@ -131,8 +133,8 @@ def init(problem: base.Problem, key: jax.Array) -> State:
 
 
 def plan(problem: base.Problem, config: Config, state: State) -> dict[str, jax.Array]:
-  """Steps 1 to 3, the fault draws and the clock: who is up, who syncs, the budgets, the
-  cycle's length.
+  """Steps 1, 2, 3, 5's draws and 7: who is up, who syncs, the budgets, who survives the
+  sync, the cycle's length.
 
   A function of its own so that the reference implementation and tests can reuse the
   exact random draws.

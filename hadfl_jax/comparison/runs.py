@@ -24,6 +24,7 @@ from hadfl_jax import train
 from hadfl_jax import validation
 from hadfl_jax.comparison import stats
 from hadfl_jax.comparison.grid import eval_interval
+from hadfl_jax.core import selection
 
 
 RUN_KEY_FILE = 'run_key.json'
@@ -367,6 +368,8 @@ def run_key(config) -> dict:
   d.pop('eval_growth', None)
   d['eval_schedule'] = {'interval_s': eval_interval(config, None),
                         'growth': float(config.compare.get('eval_growth', 0.1))}
+  if isinstance(d.get('hadfl'), dict):  # K itself: its rounding of rho N was once different.
+    d['hadfl']['group_size'] = selection.group_size(d['hadfl']['rho'], d['num_devices'])
   return d
 
 
@@ -458,8 +461,8 @@ def upgrade_run_key(key: dict) -> dict:
   """A run key written by an earlier version, in today's form.
 
   Before ``refine_target`` existed, runs resolved the time to target to the scheduled
-  evaluations (``refine_target`` False). Before ``hadfl.outsiders``, HADFL's outsiders
-  were budgeted as ``'planned'`` is. Before the per-algorithm sections, one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
+  evaluations (``refine_target`` False). HADFL's section: see :func:`_upgrade_hadfl`.
+  Before the per-algorithm sections, one ``baselines`` section served every baseline, ``hadfl`` was in every key, the
   coordinator's ``speed_ema`` lived in ``profile``, and there were no ``loss`` and
   ``imports`` fields (cross-entropy, nothing imported). The runs computed the same
   numbers (``tests/compare_test.py`` checks the upgrade), so cached runs stay usable.
@@ -468,8 +471,7 @@ def upgrade_run_key(key: dict) -> dict:
   _drop_locations(key)
   key.setdefault('refine_target', False)
   if 'baselines' not in key:
-    if isinstance(key.get('hadfl'), dict):  # Before hadfl.outsiders: 'planned'.
-      key['hadfl'].setdefault('outsiders', 'planned')
+    _upgrade_hadfl(key)
     return key
   baselines, hadfl = key.pop('baselines'), key.pop('hadfl')
   speed_ema = key['profile'].pop('speed_ema', 0.9)
@@ -480,4 +482,17 @@ def upgrade_run_key(key: dict) -> dict:
     key[name] = {new: baselines[old] for new, old in _OLD_BASELINE_FIELDS[name].items()}
   key.setdefault('imports', [])
   key.setdefault('loss', 'cross_entropy')
+  _upgrade_hadfl(key)
   return key
+
+
+def _upgrade_hadfl(key: dict) -> None:
+  """HADFL's section of a key written before ``outsiders`` (the runs were ``'planned'``)
+  and before the key held K (rounded then as ``floor(rho N + 0.5)``, which floating point
+  rounds down at some exact halves: 14 for rho 0.58 and N 25, where K is now 15)."""
+  hadfl = key.get('hadfl')
+  if not isinstance(hadfl, dict):
+    return
+  hadfl.setdefault('outsiders', 'planned')
+  if 'group_size' not in hadfl and 'rho' in hadfl and 'num_devices' in key:
+    hadfl['group_size'] = max(2, int(math.floor(hadfl['rho'] * key['num_devices'] + 0.5)))
