@@ -211,8 +211,8 @@ class Checkpointer:
     fields = set(ADDED_STATE_FIELDS) & set(getattr(like, '__dataclass_fields__', ()))
     if not fields:
       return set()
-    metadata = ocp.StandardCheckpointer().metadata(
-        os.path.join(self.directory, str(step), 'state'))
+    with ocp.StandardCheckpointer() as reader:
+      metadata = reader.metadata(os.path.join(self.directory, str(step), 'state'))
     saved = getattr(metadata, 'item_metadata', metadata)
     saved = getattr(saved, 'tree', saved)
     return {f for f in fields if isinstance(saved, Mapping) and saved.get(f) is None}
@@ -257,8 +257,9 @@ class Checkpointer:
       try:
         state, progress = self.restore(like, step)
         digest = progress.get('state_digest')
-        saved_part = state.replace(**dict.fromkeys(
-            progress.pop('fields_added_since_saved', ()), None))  # What the digest covers.
+        added = progress.pop('fields_added_since_saved', ())
+        saved_part = (state.replace(**dict.fromkeys(added, None)) if added
+                      else state)  # What the digest covers.
         if digest is not None and digest != state_digest(saved_part):
           raise ValueError('the restored state differs from the state that was saved '
                            '(digest mismatch)')
