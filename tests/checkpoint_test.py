@@ -68,11 +68,16 @@ def copy_of(tmp_path):
   return copy
 
 
-def test_checkpoint_holds_the_whole_state(finished, digits_data_dir):
-  config = _config(digits_data_dir, num_cycles=9)
+def _fresh(config):
+  """The finished run's setup, algorithm and a freshly initialised state to restore into."""
   setup = train.build_setup(config)
   algorithm = train.build_algorithm(config, setup.problem)
-  fresh = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  return setup, algorithm, algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+
+
+def test_checkpoint_holds_the_whole_state(finished, digits_data_dir):
+  config = _config(digits_data_dir, num_cycles=9)
+  setup, algorithm, fresh = _fresh(config)
   checkpoints = checkpoint.Checkpointer(str(finished))
   try:
     assert checkpoints.latest_step == 9
@@ -112,9 +117,7 @@ def test_a_checkpoint_written_before_the_state_had_carry_resumes(finished, copy_
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   workdir = copy_of(finished)
   config = _config(digits_data_dir, num_cycles=9)
-  setup = train.build_setup(config)
-  algorithm = train.build_algorithm(config, setup.problem)
-  fresh = algorithm.init(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
+  _, _, fresh = _fresh(config)
   checkpoints = checkpoint.Checkpointer(str(workdir))
   try:
     state, progress = checkpoints.restore(fresh, 9)

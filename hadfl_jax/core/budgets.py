@@ -18,6 +18,13 @@ import chex
 import jax.numpy as jnp
 
 
+def whole_steps(speed_N: chex.Array, seconds_N: chex.Numeric) -> chex.Array:
+  """floor(s * t), the steps completed in ``seconds`` (float). A small relative epsilon
+  keeps floor() from losing a whole step to rounding when s * t is an exact integer
+  (e.g. 12.5 steps/s * 0.4 s), in both float32 and float64."""
+  return jnp.floor(speed_N * seconds_N * (1.0 + 1e-6))
+
+
 def step_budgets(
     speed_N: chex.Array,
     selected_N: chex.Array,
@@ -42,9 +49,7 @@ def step_budgets(
   chex.assert_rank([speed_N, selected_N, up_N], 1)
   chex.assert_equal_shape([speed_N, selected_N, up_N])
   horizon_N = jnp.where(selected_N, t_local, t_local + t_sync)
-  # A small relative epsilon keeps floor() from losing a whole step to rounding when
-  # s * t is an exact integer (e.g. 12.5 steps/s * 0.4 s), in both float32 and float64.
-  raw_N = jnp.floor(speed_N * horizon_N * (1.0 + 1e-6))
+  raw_N = whole_steps(speed_N, horizon_N)
   budgets_N = jnp.clip(raw_N, 1, h_cap).astype(jnp.int32)
   return jnp.where(up_N, budgets_N, 0)
 
@@ -79,7 +84,7 @@ def carried_budgets(
   """
   chex.assert_rank([true_speed_N, outsider_N, carry_N], 1)
   available_N = cycle_time + carry_N
-  raw_N = jnp.floor(true_speed_N * available_N * (1.0 + 1e-6))
+  raw_N = whole_steps(true_speed_N, available_N)
   budgets_N = jnp.where(outsider_N, jnp.minimum(raw_N, h_cap), 0).astype(jnp.int32)
   left_N = jnp.maximum(available_N - budgets_N / true_speed_N, 0.0)
   carry_out_N = jnp.where(outsider_N & (raw_N <= h_cap), left_N, 0.0)
