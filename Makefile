@@ -18,7 +18,7 @@ demo: setup
 	$(PY) -m hadfl_jax.main --config configs/default.py --workdir $(WORKDIR)
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 bench: setup
 	$(PY) -m benchmarks.run --out benchmarks/results

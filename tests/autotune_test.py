@@ -125,6 +125,19 @@ def test_training_convolution_measured_in_the_engine_loop(tmp_path, monkeypatch)
   assert min(entry['seconds'].values()) == entry['seconds'][impl] > 0
   assert autotune.training_conv_impl(cnn, params, opt, None, 4, (8, 8, 1), 3,
                                      setting='lax') == 'lax'
+  # Cached, the choice is read without making any candidate's inputs or program.
+  made = []
+  real = autotune._training_loop_sampler  # pylint: disable=protected-access
+  monkeypatch.setattr(autotune, '_training_loop_sampler',
+                      lambda *a, **k: made.append(a) or real(*a, **k))
+  monkeypatch.setattr(autotune, '_memory', {})
+  assert autotune.training_conv_impl(cnn, params, opt, None, 4, (8, 8, 1), 3, steps=2) == impl
+  assert made == []
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'other.json'))
+  monkeypatch.setattr(autotune, '_memory', {})
+  assert autotune.training_conv_impl(cnn, params, opt, None, 4, (8, 8, 1), 3, steps=2) in (
+      'patches', 'lax')
+  assert len(made) == 2  # Measured: each candidate built once, at its first sample.
 
 
 def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):

@@ -1,8 +1,7 @@
 """The committed studies: each results/<scenario>/COMMAND, run again on a copy of its
 directory with ``cached_only``, finds every run it needs and gives the committed results.
 
-Apart from tests/compare_test.py so that the suite's workers (one file each) run them
-beside the comparison's other tests."""
+Apart from tests/compare_test.py, which holds the comparison's own tests."""
 
 import ast
 import importlib

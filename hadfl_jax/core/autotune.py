@@ -181,6 +181,25 @@ def call_timer(fn: Callable[..., Any], *args,
   return sample
 
 
+def lazy_timer(make: Callable[[], Callable[[], float]]) -> Callable[[], float]:
+  """A sampler that builds its inputs and its program (``make()``, a sampler) at its first
+  sample: where a choice is cached, no candidate's inputs are made or compiled."""
+  sampler = None
+
+  def sample() -> float:
+    nonlocal sampler
+    if sampler is None:
+      sampler = make()
+    return sampler()
+
+  return sample
+
+
+def _random_inputs(shape: tuple[int, ...]) -> jax.Array:
+  """Timing inputs (numpy's generator: nothing to compile for them)."""
+  return jnp.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+
+
 REPEATS = 3  # Samples of each candidate: the best counts.
 BUDGET_S = 1.0  # A candidate is sampled again only while its samples took less than this.
 
@@ -279,12 +298,19 @@ def _training_loop_timer(model, params: PyTree, optimizer, task, batch_size: int
                          steps: int) -> Callable[[], float]:
   """A sampler (:func:`call_timer`) of ``steps`` local steps of ``width`` devices vmapped
   in a ``lax.fori_loop`` (the engine's loop) on random examples (infinite for a loop
-  needing more than :data:`TIMED_MIB` of temporaries, not run)."""
+  needing more than :data:`TIMED_MIB` of temporaries, not run), built at its first sample."""
+  return lazy_timer(functools.partial(_training_loop_sampler, model, params, optimizer, task,
+                                      batch_size, input_shape, width, steps))
+
+
+def _training_loop_sampler(model, params: PyTree, optimizer, task, batch_size: int,
+                           input_shape: tuple[int, ...], width: int,
+                           steps: int) -> Callable[[], float]:
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   stack = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (width,) + x.shape), tree)
   params_W, opt_state_W = stack(params), stack(optimizer.init(params))
   pool = 4 * batch_size
-  images = jax.random.normal(jax.random.PRNGKey(0), (width, pool) + tuple(input_shape))
+  images = _random_inputs((width, pool) + tuple(input_shape))
   labels = jnp.zeros((width, pool), jnp.int32)
   count = jnp.full((width,), pool, jnp.int32)
   keys = jax.random.split(jax.random.PRNGKey(1), width)
@@ -405,13 +431,16 @@ def inference_plan(model, params: PyTree, input_shape: tuple[int, ...], max_batc
     return 'lax', max_batch
   sizes = batch_sizes(max_batch)
   examples = 2 * max(sizes)
-  x = jax.random.normal(jax.random.PRNGKey(0), (examples,) + tuple(input_shape))
+  inputs = functools.cache(lambda: _random_inputs((examples,) + tuple(input_shape)))
 
-  def timer(impl: str, size: int) -> Callable[[], float]:
+  def sampler(impl: str, size: int) -> Callable[[], float]:
     module = with_conv_impl(model, impl)
-    x_TxB = x[:examples // size * size].reshape((examples // size, size) + tuple(input_shape))
+    x_TxB = inputs()[:examples // size * size].reshape(
+        (examples // size, size) + tuple(input_shape))
     forward = jax.jit(lambda p, x_TxB: jax.lax.map(lambda x_B: module.apply(p, x_B), x_TxB))
     return call_timer(forward, {'params': params}, x_TxB, max_temp_bytes=timed_bytes())
+
+  timer = lambda impl, size: lazy_timer(functools.partial(sampler, impl, size))
 
   work = {'model': repr(model), 'code': code_key(model), 'max_batch': max_batch,
           'input_shape': list(input_shape)}
