@@ -507,3 +507,18 @@ def test_hadfl_run_keys_from_before_outsiders_and_group_size(config):
                             if k not in ('outsiders', 'group_size')})
   assert now['hadfl']['group_size'] == 15
   assert runs_lib.upgrade_run_key(before)['hadfl']['group_size'] == 14
+
+
+def test_runs_of_an_earlier_algorithm_revision_are_not_reused(config, monkeypatch):
+  # FedBuff's REVISION 2 serves a tick's uploads one at a time: its runs cached before
+  # (keys without a revision) are not reused; other algorithms' keys are as they were.
+  setup = train.build_setup(config)
+  fedbuff = compare.apply_point(config, 'fedbuff', {'lr': 0.05, 'h': 5}, setup.problem)
+  now = json.loads(json.dumps(runs_lib.run_key(fedbuff)))
+  assert now['algorithm_revision'] == 2
+  before = {k: v for k, v in now.items() if k != 'algorithm_revision'}
+  assert runs_lib.upgrade_run_key(before) != now
+  dfedavg = compare.apply_point(config, 'dfedavg', {'lr': 0.05, 'h': 5}, setup.problem)
+  assert 'algorithm_revision' not in runs_lib.run_key(dfedavg)
+  monkeypatch.setattr(algorithms.ALGORITHMS.get('fedbuff'), 'REVISION', 3)
+  assert runs_lib.run_key(fedbuff)['algorithm_revision'] == 3

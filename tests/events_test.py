@@ -62,11 +62,12 @@ SPEEDS = (1.0, 1.7, 2.9, 4.3)  # x10 steps/s: distinct, so no two events coincid
 
 
 def _matches_the_event_loop(name, reference_fn, options, fault_kw, jitter, seed, floats,
-                            exact):
+                            exact, speeds=SPEEDS):
   """Runs two cycles of ``name`` with a window far below the gaps between events (one
-  event per tick) and checks them against ``reference_fn``, the plain event loop:
-  the clock, the bytes, ``floats(state)`` to float tolerance, ``exact(state)`` exactly."""
-  problem, data = fixtures.make_tiny_problem(speeds=SPEEDS)
+  event per tick, or the events of one instant) and checks them against
+  ``reference_fn``, the plain event loop: the clock, the bytes, ``floats(state)`` to float
+  tolerance, ``exact(state)`` exactly."""
+  problem, data = fixtures.make_tiny_problem(speeds=speeds)
   problem = problem.replace(faults=faults.FaultsConfig(**fault_kw),
                             profile=problem.profile._replace(jitter_sigma=jitter))
   config = algorithms.config_of(name, dict(window_s=1e-7, cycle_s=0.4, **options))
@@ -102,6 +103,15 @@ def test_vectorised_events_match_the_plain_event_loop(options, fault_kw, jitter)
       'adpsgd', reference.reference_adpsgd, options, fault_kw, jitter, 3,
       floats=lambda st: (st.devices.params, st.delta), exact=lambda st: (st.pending_N,))
   assert int(np.sum(state.clock.events_N)) > 20  # A real test: many events, exchanges.
+
+
+def test_adpsgd_exchanges_at_the_same_instant_match_the_plain_event_loop():
+  # Devices of equal speed fire together in one tick: the colliding exchanges are
+  # serialised by index, as the loop pops them.
+  _matches_the_event_loop(
+      'adpsgd', reference.reference_adpsgd, dict(graph='ring', local_steps=1), {}, 0.0, 3,
+      floats=lambda st: (st.devices.params, st.delta), exact=lambda st: (st.pending_N,),
+      speeds=(1.0, 1.0, 1.0, 1.0))
 
 
 def test_a_wide_window_groups_events_and_never_retraces():
@@ -231,3 +241,20 @@ def test_fedbuff_matches_the_plain_event_loop(options, fault_kw, jitter):
       floats=lambda st: (st.server, st.buffer, st.devices.params, st.delta),
       exact=lambda st: (st.version, st.pulled_N, st.buffered))
   assert int(state.version) >= 4  # Many server updates: a real test.
+
+
+@pytest.mark.parametrize('speeds,options,fault_kw', [
+    ((1.0, 1.0, 1.0, 1.0), dict(local_steps=1, buffer_size=2), {}),
+    ((2.0, 1.0, 2.0, 1.0), dict(local_steps=2, buffer_size=3), dict(p_sync_fail=0.3)),
+])
+def test_fedbuff_serves_simultaneous_uploads_one_at_a_time(speeds, options, fault_kw):
+  # Devices of equal speed upload at the same instant, so one tick holds several uploads
+  # however narrow its window: the server takes them in index order, K at a time, each
+  # weighted by its staleness at its turn, and each client pulls the model of its turn
+  # (four equal clients and K = 2: two updates per tick, the second two deltas stale by
+  # one), exactly as the plain event loop does.
+  state = _matches_the_event_loop(
+      'fedbuff', reference.reference_fedbuff, options, fault_kw, 0.0, 5,
+      floats=lambda st: (st.server, st.buffer, st.devices.params, st.delta),
+      exact=lambda st: (st.version, st.pulled_N, st.buffered), speeds=speeds)
+  assert int(state.version) >= 4

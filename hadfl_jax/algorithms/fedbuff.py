@@ -17,9 +17,12 @@ K = ``buffer_size`` deltas it updates
 and every download (``server_bytes``, 2 M per client round trip); each client sends M.
 
 An event is the arrival of a client's upload at the server; the client then pulls the
-current model (after the update its delta may have triggered) and starts again. Events
-grouped in one tick are buffered together: if the buffer reaches K during a tick, one
-update averages everything buffered (exact when a tick is one event). Faults, per event:
+current model (after the update its delta may have triggered) and starts again. The
+uploads grouped in one tick are served one at a time in event order (earliest first,
+ties by index), exactly as a plain event loop serves them: every K-th updates the
+server, each is weighted by its staleness at its own arrival, and each client pulls the
+model of its own event. (Devices of equal speeds upload at the same instant, so even
+the exact clock groups them.) Faults, per event:
 a client down when its upload is due (``faults.p_drop``, ``faults.down_trace`` at the
 reported cycle) keeps its delta and tries again H / s_i later; an upload that fails
 (``faults.p_sync_fail``) is lost and the client starts over from the current model.
@@ -44,6 +47,10 @@ from hadfl_jax.core import events
 from hadfl_jax.core import local
 
 GRID_KNOBS = ('lr', 'h')
+# 2: the uploads of one tick are served one at a time (before, one update divided the sum
+# of all of them by K, a larger step than the event loop's whenever a tick held more
+# than one upload: always for devices of equal speed). Cached runs of 1 are not reused.
+REVISION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +115,7 @@ def make(problem: base.Problem, config: Config,
   trainer = engine_lib.LocalTrainer(problem, engine, bucket_widths=())
   n, h, k, m = problem.num_devices, config.local_steps, config.buffer_size, problem.model_bytes
   width = config.window(problem)
+  num_groups = (n + k - 2) // k + 1  # The K-groups a tick's uploads can fall in.
   bandwidth_N = jnp.asarray(problem.profile.bandwidth_N, jnp.float32)
   link_N = m / bandwidth_N + problem.profile.latency  # One upload or one download.
 
@@ -120,25 +128,44 @@ def make(problem: base.Problem, config: Config,
     arrive_N = due_N & ~start_N & ~down_N
     upload_N = arrive_N & ~asynchronous.failures(problem, k_fail)
 
-    # The server buffers the arriving deltas, weighted by staleness, and updates once
-    # K are buffered.
-    staleness_N = (state.version - state.pulled_N).astype(jnp.float32)
+    # The server takes this tick's uploads one at a time in event order (earliest first,
+    # ties by index), as a plain event loop does: an upload that finds b deltas buffered
+    # before it joins group (b // K) of the tick, is weighted by its staleness at its
+    # arrival (version + its group - the version it pulled), and every K-th upload
+    # updates the server. before_N: the uploads this tick ahead of each event.
+    rank_N = events.priority(clock)
+    ahead_R = upload_N[jnp.argsort(rank_N)].astype(jnp.int32)
+    before_N = (jnp.cumsum(ahead_R) - ahead_R)[rank_N]
+    group_N = (state.buffered + before_N) // k
+    fired_N = (state.buffered + before_N + upload_N.astype(jnp.int32)) // k  # Updates by then.
+    updates = (state.buffered + jnp.sum(upload_N, dtype=jnp.int32)) // k
+    staleness_N = (state.version + group_N - state.pulled_N).astype(jnp.float32)
     w_N = jnp.where(upload_N, (1.0 + staleness_N) ** (-config.staleness_exponent), 0.0)
-    buffer = jax.tree.map(lambda b, d: b + jnp.tensordot(w_N, d.astype(jnp.float32), axes=1)
-                          .astype(b.dtype), state.buffer, state.delta)
-    buffered = state.buffered + jnp.sum(upload_N).astype(jnp.int32)
-    update = buffered >= k
-    server = jax.tree.map(lambda x, b: jnp.where(update, x + config.server_lr * b / k, x),
-                          state.server, buffer)
-    version = state.version + update.astype(jnp.int32)
-    buffer = jax.tree.map(lambda b: jnp.where(update, jnp.zeros_like(b), b), buffer)
-    buffered = jnp.where(update, 0, buffered)
+    # partial[j]: what the tick's first j updates add up (each the sum of its K weighted
+    # deltas, the buffer carried in among the first); server_j = server + eta_g partial[j] / K.
+    j_J = jnp.arange(num_groups + 1)
+    weight_JxN = jnp.where(group_N[None, :] < j_J[:, None], w_N[None, :], 0.0)
+    rest_N = jnp.where(group_N == updates, w_N, 0.0)  # What stays in the buffer.
+    combine = lambda c, d: jnp.tensordot(c, d.astype(jnp.float32), axes=1)
+    partial = jax.tree.map(
+        lambda b, d: combine(weight_JxN, d) + jnp.where(j_J > 0, 1.0, 0.0).reshape(
+            (-1,) + (1,) * b.ndim) * b[None], state.buffer, state.delta)
+    model_at = lambda count: jax.tree.map(  # The server after `count` of the updates.
+        lambda x, p: (jnp.expand_dims(x, tuple(range(jnp.ndim(count))))
+                      + config.server_lr * p[count] / k).astype(x.dtype), state.server,
+        partial)
+    server = model_at(updates)
+    version = state.version + updates
+    buffer = jax.tree.map(lambda b, d: (combine(rest_N, d) + jnp.where(updates == 0, b, 0.0)
+                                        ).astype(b.dtype), state.buffer, state.delta)
+    buffered = state.buffered + jnp.sum(upload_N, dtype=jnp.int32) - updates * k
 
-    # Clients that started or arrived pull the current model and run H steps from it.
+    # Clients that started or arrived pull the model of their own event (after the
+    # updates up to theirs) and run H steps from it.
     pull_N = start_N | arrive_N
     params = jax.tree.map(
-        lambda p, x: jnp.where(pull_N.reshape((n,) + (1,) * x.ndim), x[None], p),
-        state.devices.params, server)
+        lambda p, x: jnp.where(pull_N.reshape((n,) + (1,) * (x.ndim - 1)), x, p),
+        state.devices.params, model_at(fired_N))
     budgets_N = jnp.where(pull_N, h, 0).astype(jnp.int32)
     trained, loss_N = trainer(state.devices.replace(params=params), data, budgets_N)
     delta = jax.tree.map(lambda new, old, d: jnp.where(
@@ -154,7 +181,8 @@ def make(problem: base.Problem, config: Config,
         down_N=down_N, server_bytes=m * (jnp.sum(upload_N) + jnp.sum(arrive_N)))
     state = state.replace(
         devices=trained, delta=delta,
-        pulled_N=jnp.where(pull_N, version, state.pulled_N), server=server, version=version,
+        pulled_N=jnp.where(pull_N, state.version + fired_N, state.pulled_N), server=server,
+        version=version,
         buffer=buffer, buffered=buffered, down_N=down_N,
         clock=events.fire(clock, due_N, duration_N))
     return state, report

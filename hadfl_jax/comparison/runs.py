@@ -19,6 +19,7 @@ import shutil
 import time
 from typing import Any, Callable
 
+from hadfl_jax import algorithms
 from hadfl_jax import checkpoint
 from hadfl_jax import train
 from hadfl_jax import validation
@@ -359,7 +360,8 @@ def run_key(config) -> dict:
   """What determines a run: the config without the comparison's grids, without the
   sections of other algorithms, without ``engine`` (how the simulation is scheduled,
   which by its contract never changes what it computes beyond float rounding) and
-  without the data's location on this machine, plus the evaluation schedule it implies."""
+  without the data's location on this machine, plus the evaluation schedule it implies
+  and the algorithm's ``REVISION`` where it is past 1."""
   d = checkpoint.active_sections(checkpoint.to_json_tree(validation.resolve(config)))
   _drop_locations(d)
   d.pop('compare', None)
@@ -370,6 +372,11 @@ def run_key(config) -> dict:
                         'growth': float(config.compare.get('eval_growth', 0.1))}
   if isinstance(d.get('hadfl'), dict):  # K itself: its rounding of rho N was once different.
     d['hadfl']['group_size'] = selection.group_size(d['hadfl']['rho'], d['num_devices'])
+  # An algorithm whose computation was corrected declares its REVISION (from 2): runs of
+  # an earlier revision are not reused (keys without it are revision 1).
+  revision = getattr(algorithms.ALGORITHMS.get(config.algorithm), 'REVISION', 1)
+  if revision != 1:
+    d['algorithm_revision'] = int(revision)
   return d
 
 
