@@ -305,6 +305,25 @@ def state_digest(state: PyTree) -> str:
   return digest.hexdigest()
 
 
+def algorithm_revision(config) -> int:
+  """The ``REVISION`` of ``config.algorithm``'s module: raised when a correction changes
+  what the algorithm computes (1 for a module that declares none)."""
+  from hadfl_jax import algorithms  # pylint: disable=g-import-not-at-top
+  return int(getattr(algorithms.ALGORITHMS.get(config.algorithm), 'REVISION', 1))
+
+
+def run_identity(config) -> dict:
+  """What a checkpoint records of its run (:func:`to_json_tree`), with the algorithm's
+  ``REVISION`` where it is past 1: a run checkpointed by an earlier revision of a
+  corrected algorithm is not continued by a later one (:func:`check_same_run` names the
+  field ``algorithm_revision``)."""
+  tree = to_json_tree(config)
+  revision = algorithm_revision(config)
+  if revision != 1:
+    tree['algorithm_revision'] = revision
+  return tree
+
+
 def open_workdir(config, workdir: str) -> Checkpointer | None:
   """Checks that ``config`` may run in ``workdir``; opens its checkpoints.
 
@@ -340,7 +359,8 @@ def open_workdir(config, workdir: str) -> Checkpointer | None:
     except Exception:  # pylint: disable=broad-except
       saved = None  # Unreadable: the restore reports it and falls back to an older one.
     if saved is not None:
-      check_same_run(saved, current, workdir, f'checkpoint {step} in {checkpoints.directory}')
+      check_same_run(saved, run_identity(config), workdir,
+                     f'checkpoint {step} in {checkpoints.directory}')
     if step > config.num_cycles:
       raise ResumeError(
           f'config.num_cycles={config.num_cycles} is below the cycles already done: the '

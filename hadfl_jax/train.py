@@ -748,7 +748,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   resumed_from = None
   if checkpoints is not None and checkpoints.latest_step is not None:
     state = sharding.place(state, sharding.tree_shardings(state, problem.num_devices, mesh))
-    current = checkpoint.to_json_tree(config)
+    current = checkpoint.run_identity(config)
     restored = checkpoints.restore_newest_good(state, check=lambda p: checkpoint.check_same_run(
         p['config'], current, workdir, f'a checkpoint in {checkpoints.directory}'))
     if restored is not None:
@@ -769,7 +769,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     nonlocal checkpoints
     if checkpoints is None:  # Preempted before any checkpoint was asked for.
       checkpoints = checkpoint.Checkpointer(workdir)
-    checkpoints.save(cycles_done, state, {'config': checkpoint.to_json_tree(config),
+    checkpoints.save(cycles_done, state, {'config': checkpoint.run_identity(config),
                                           **progress.state_dict()})
 
   def on_cycle_end(cycles_done: int, state, progress: Progress, last: bool) -> None:

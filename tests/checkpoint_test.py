@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from hadfl_jax import algorithms
 from hadfl_jax import checkpoint
 from hadfl_jax import evaluation
 from hadfl_jax import train
@@ -196,6 +197,17 @@ def test_a_different_config_is_refused(finished, copy_of, digits_data_dir, chang
   (workdir / 'config.json').unlink()
   with pytest.raises(checkpoint.ResumeError, match='checkpoint 9 .*' + message):
     train.train_and_evaluate(_config(digits_data_dir, **change), str(workdir))
+
+
+def test_a_run_of_an_earlier_algorithm_revision_is_not_continued(
+    finished, copy_of, digits_data_dir, monkeypatch):
+  # Its checkpoints record the algorithm's REVISION (none: 1); once the algorithm is
+  # corrected (REVISION 2), the run is refused, its config.json notwithstanding.
+  workdir = copy_of(finished)
+  monkeypatch.setattr(algorithms.ALGORITHMS.get('hadfl'), 'REVISION', 2, raising=False)
+  with pytest.raises(checkpoint.ResumeError,
+                     match='checkpoint 9 .*algorithm_revision: absent in the workdir, 2 now'):
+    train.train_and_evaluate(_config(digits_data_dir, num_cycles=12), str(workdir))
 
 
 def test_a_workdir_without_checkpoints_refuses_a_different_config(digits_data_dir, tmp_path):

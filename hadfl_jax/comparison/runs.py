@@ -19,7 +19,6 @@ import shutil
 import time
 from typing import Any, Callable
 
-from hadfl_jax import algorithms
 from hadfl_jax import checkpoint
 from hadfl_jax import train
 from hadfl_jax import validation
@@ -374,9 +373,9 @@ def run_key(config) -> dict:
     d['hadfl']['group_size'] = selection.group_size(d['hadfl']['rho'], d['num_devices'])
   # An algorithm whose computation was corrected declares its REVISION (from 2): runs of
   # an earlier revision are not reused (keys without it are revision 1).
-  revision = getattr(algorithms.ALGORITHMS.get(config.algorithm), 'REVISION', 1)
+  revision = checkpoint.algorithm_revision(config)
   if revision != 1:
-    d['algorithm_revision'] = int(revision)
+    d['algorithm_revision'] = revision
   return d
 
 
