@@ -135,21 +135,26 @@ def make(problem: base.Problem, config: Config,
     # updates the server. before_N: the uploads this tick ahead of each event.
     rank_N = events.priority(clock)
     ahead_R = upload_N[jnp.argsort(rank_N)].astype(jnp.int32)
-    before_N = (jnp.cumsum(ahead_R) - ahead_R)[rank_N]
+    before_N = (jnp.cumsum(ahead_R, dtype=jnp.int32) - ahead_R)[rank_N]
     group_N = (state.buffered + before_N) // k
     fired_N = (state.buffered + before_N + upload_N.astype(jnp.int32)) // k  # Updates by then.
     updates = (state.buffered + jnp.sum(upload_N, dtype=jnp.int32)) // k
     staleness_N = (state.version + group_N - state.pulled_N).astype(jnp.float32)
     w_N = jnp.where(upload_N, (1.0 + staleness_N) ** (-config.staleness_exponent), 0.0)
-    # partial[j]: what the tick's first j updates add up (each the sum of its K weighted
-    # deltas, the buffer carried in among the first); server_j = server + eta_g partial[j] / K.
-    j_J = jnp.arange(num_groups + 1)
-    weight_JxN = jnp.where(group_N[None, :] < j_J[:, None], w_N[None, :], 0.0)
+    # sum_G[g]: group g's weighted deltas (the buffer carried in joins group 0);
+    # partial[j] = sum_G[0] + ... + sum_G[j - 1], what the tick's first j updates add up:
+    # server_j = server + eta_g partial[j] / K. Linear in N (a segment sum, then a cumsum
+    # over the groups).
     rest_N = jnp.where(group_N == updates, w_N, 0.0)  # What stays in the buffer.
     combine = lambda c, d: jnp.tensordot(c, d.astype(jnp.float32), axes=1)
-    partial = jax.tree.map(
-        lambda b, d: combine(weight_JxN, d) + jnp.where(j_J > 0, 1.0, 0.0).reshape(
-            (-1,) + (1,) * b.ndim) * b[None], state.buffer, state.delta)
+
+    def prefix(b, d):
+      weighted = w_N.reshape((n,) + (1,) * b.ndim) * d.astype(jnp.float32)
+      sum_G = jax.ops.segment_sum(weighted, jnp.where(upload_N, group_N, num_groups),
+                                  num_segments=num_groups).at[0].add(b)
+      return jnp.concatenate([jnp.zeros_like(b)[None], jnp.cumsum(sum_G, axis=0)])
+
+    partial = jax.tree.map(prefix, state.buffer, state.delta)
     model_at = lambda count: jax.tree.map(  # The server after `count` of the updates.
         lambda x, p: (jnp.expand_dims(x, tuple(range(jnp.ndim(count))))
                       + config.server_lr * p[count] / k).astype(x.dtype), state.server,
