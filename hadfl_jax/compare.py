@@ -105,6 +105,7 @@ from hadfl_jax.comparison.report import report_markdown
 from hadfl_jax.comparison.report import speedup
 from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
+from hadfl_jax.comparison.report import sweep_tta_table
 from hadfl_jax.comparison.runs import covers
 from hadfl_jax.comparison.runs import RunCounter
 from hadfl_jax.comparison.runs import RunIndex
@@ -437,8 +438,11 @@ def _compare(config, workdir: str, names: Sequence[str], log, verbose: bool) -> 
   if config.compare.sweep and tuned:
     results['sweep'] = heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log,
                                            verbose)
-    report += '\n## Heterogeneity sweep\n\n![sweep](sweep_speedup.png)\n\n' + sweep_table(
-        results['sweep']['rows'])
+    rows = results['sweep']['rows']
+    report += ('\n## Heterogeneity sweep\n\n![sweep](sweep_speedup.png)\n\n'
+               "HADFL's speedup (mean of per-seed ratios, 95% CI):\n\n" + sweep_table(rows) +
+               '\nTime to target (sim s; mean ± 95% CI half width, seeds that reached it):\n\n'
+               + sweep_tta_table(rows))
   if config.compare.ablation and 'hadfl' in tuned:
     results['ablation'] = ablation(config, setups, evaluator, tuned['hadfl'].best.point,
                                    workdir, log, verbose)

@@ -119,6 +119,15 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
     hadfl = _summary(tmp_path / 'sweep' / f'r{row["ratio"]:g}_hadfl' / 'seed0')
     assert row['time_to_target_s']['hadfl']['per_seed'] == [hadfl['time_to_target_s']]
   assert (tmp_path / 'sweep_speedup.png').exists()
+  # The report's time-to-target table, one cell per algorithm from its run's summary.
+  text = (tmp_path / 'report.md').read_text()
+  def cell(ratio, name):
+    tta = _summary(tmp_path / 'sweep' / f'r{ratio:g}_{name}' / 'seed0')['time_to_target_s']
+    return 'not reached (0/1)' if tta is None else f'{tta:.2f} (1/1)'
+  for row in rows:
+    r = row['ratio']
+    assert f'| {r:g} | {cell(r, "hadfl")} | {cell(r, "dfedavg")} |' in text
+  assert 'not reached (0/1)' in text  # D-FedAvg's lower bound at ratio 8.
   assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
   assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
 

@@ -166,6 +166,22 @@ def sweep_table(rows) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def sweep_tta_table(rows) -> str:
+  """Every algorithm's time to target (sim s, mean ± 95% CI half width over seeds, and how
+  many seeds reached it) at each speed ratio of the sweep."""
+  names = sorted({n for r in rows for n in r['time_to_target_s']},
+                 key=lambda n: (n != 'hadfl', n))
+  lines = ['| ratio | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for r in rows:
+    cells = []
+    for n in names:
+      tta = r['time_to_target_s'].get(n)
+      cells.append('-' if tta is None else
+                   f'{stats.fmt_estimate(tta)} ({tta["reached"]}/{tta["n"]})')
+    lines.append(f'| {r["ratio"]:g} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def _figure():
   """A matplotlib figure that is saved, never shown: no pyplot, so the process's
   backend (a notebook's inline one, say) is left as it is."""
