@@ -107,6 +107,7 @@ from hadfl_jax.comparison.report import summarise
 from hadfl_jax.comparison.report import sweep_table
 from hadfl_jax.comparison.report import sweep_tta_table
 from hadfl_jax.comparison.runs import covers
+from hadfl_jax.comparison.runs import load_run
 from hadfl_jax.comparison.runs import RunCounter
 from hadfl_jax.comparison.runs import RunIndex
 from hadfl_jax.comparison.runs import RunRecord
@@ -280,10 +281,15 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
   Profiles are geometric from 1 to r over the N devices; every algorithm runs with the
   hyperparameters that won the main comparison (not re-tuned per ratio). Each row gives
   per algorithm the time to target over seeds and HADFL's paired speedup.
+
+  With ``compare.cached_only`` only finished runs are collected: a row then holds the
+  seeds on which every algorithm of the ratio finished (``seeds``; ``not_run`` lists the
+  missing runs), and a ratio without such a seed has no row.
   """
   seeds = tuple(config.compare.seeds)
+  cached_only = bool(config.compare.get('cached_only'))
   counter = RunCounter(len(config.compare.sweep_ratios) * len(tuned) * len(seeds), log)
-  found: dict[tuple[float, str], list[RunRecord]] = {}
+  found: dict[tuple[float, str], dict[int, RunRecord]] = {}
   for seed in seeds:
     for ratio in config.compare.sweep_ratios:
       cfg = seeded(config, seed)
@@ -292,21 +298,34 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
       setup = _profile_setup(setups(seed), cfg)
       for name, t in tuned.items():
         c = apply_point(cfg, name, t.best.point, setup.problem)
-        rec = run_point(c, setup, evaluator,
-                        os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}', f'seed{seed}'),
-                        verbose)
-        found.setdefault((float(ratio), name), []).append(rec)
-        counter(f'sweep r={ratio:g} {name} seed {seed}', rec,
-                f'TTA {fmt_tta(rec.time_to_target_s)}')
+        where = os.path.join(workdir, 'sweep', f'r{ratio:g}_{name}', f'seed{seed}')
+        label = f'sweep r={ratio:g} {name} seed {seed}'
+        if cached_only:
+          rec = load_run(c, where)
+          counter(label, rec and dataclasses.replace(rec, cached=True))
+          if rec is None:
+            continue
+        else:
+          rec = run_point(c, setup, evaluator, where, verbose)
+          counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}')
+        found.setdefault((float(ratio), name), {})[seed] = rec
   rows = []
   for ratio in config.compare.sweep_ratios:
-    runs = {name: PointRuns(point=t.best.point, seeds=seeds,
-                            records=tuple(found[(float(ratio), name)]))
+    done = {name: found.get((float(ratio), name), {}) for name in tuned}
+    complete = tuple(s for s in seeds if all(s in d for d in done.values()))
+    if not complete:
+      continue
+    runs = {name: PointRuns(point=t.best.point, seeds=complete,
+                            records=tuple(done[name][s] for s in complete))
             for name, t in tuned.items()}
     row = {'ratio': float(ratio),
            'time_to_target_s': {n: r.time_to_target() for n, r in runs.items()},
            'final_consensus_accuracy': {n: r.mean('final_consensus_accuracy')
                                         for n, r in runs.items()}}
+    if complete != seeds:
+      row['seeds'] = list(complete)
+      row['not_run'] = [{'algorithm': n, 'seed': s} for s in seeds for n in tuned
+                        if s not in done[n]]
     if 'hadfl' in runs:
       row['hadfl_speedup'] = {n: stats.paired_speedup(runs['hadfl'].ttas, r.ttas,
                                                       r.run_lengths)

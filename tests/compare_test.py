@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import ml_collections
 import numpy as np
@@ -128,6 +129,16 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
     r = row['ratio']
     assert f'| {r:g} | {cell(r, "hadfl")} | {cell(r, "dfedavg")} |' in text
   assert 'not reached (0/1)' in text  # D-FedAvg's lower bound at ratio 8.
+  # Collecting finished runs only: a ratio with a run missing has no row, and nothing runs.
+  shutil.rmtree(tmp_path / 'sweep' / 'r8_dfedavg' / 'seed0')
+  config.compare.cached_only = True
+  config.compare.ablation = False
+  lines = []
+  again = compare.compare(config, str(tmp_path), log=lines.append)
+  assert [r['ratio'] for r in again['sweep']['rows']] == [1.0]
+  assert again['sweep']['rows'][0] == rows[0]
+  assert any('sweep r=8 dfedavg seed 0' in line and 'not run' in line for line in lines)
+  assert not (tmp_path / 'sweep' / 'r8_dfedavg' / 'seed0').exists()
   assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
   assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
 

@@ -155,13 +155,19 @@ def report_markdown(config, results: dict, title: str, seeds=None, machine=None)
   return '\n'.join(lines) + '\n'
 
 
+def _ratio_cell(row) -> str:
+  """A sweep row's ratio, and its seeds when only some have finished (``cached_only``)."""
+  seeds = row.get('seeds')
+  return f'{row["ratio"]:g}' + (f' (seeds {", ".join(map(str, seeds))})' if seeds else '')
+
+
 def sweep_table(rows) -> str:
   names = sorted({n for r in rows for n in r.get('hadfl_speedup', {})})
   lines = ['| ratio | HADFL TTA (s) | ' + ' | '.join(f'speedup over {n}' for n in names) + ' |',
            '|---|---|' + '---|' * len(names)]
   for r in rows:
     hadfl = r['time_to_target_s'].get('hadfl')
-    lines.append(f'| {r["ratio"]:g} | {stats.fmt_estimate(hadfl) if hadfl else "-"} | ' +
+    lines.append(f'| {_ratio_cell(r)} | {stats.fmt_estimate(hadfl) if hadfl else "-"} | ' +
                  ' | '.join(fmt_speedup(r['hadfl_speedup'][n]) for n in names) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -178,7 +184,7 @@ def sweep_tta_table(rows) -> str:
       tta = r['time_to_target_s'].get(n)
       cells.append('-' if tta is None else
                    f'{stats.fmt_estimate(tta)} ({tta["reached"]}/{tta["n"]})')
-    lines.append(f'| {r["ratio"]:g} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'| {_ratio_cell(r)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
