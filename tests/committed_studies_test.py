@@ -72,6 +72,9 @@ def _recollect(scenario: str, tmp_path, **fields):
   with open(committed / 'results.json') as f:
     expected = json.load(f)
   _assert_close(json.loads(json.dumps(results['algorithms'])), expected['algorithms'])
+  if 'sweep' in expected:  # The heterogeneity sweep, every run of it found too.
+    assert 'not_run' not in json.dumps(results['sweep'])
+    _assert_close(json.loads(json.dumps(results['sweep'])), expected['sweep'], 'sweep')
   return results, expected
 
 

@@ -62,9 +62,9 @@ class Config(tc.Section):
   selection: str = tc.choice('version', selection.RULES,
                              doc='the rule of the selection weights q_i (selection.RULES)')
   weights: str = tc.choice('version', mixing.WEIGHTS,
-                           doc="averaging weights a_j (mixing.WEIGHTS); 'version' is the "
-                           "spec's default, which the five-seed ablation does not favour "
-                           "('data' was faster; docs/results.md)")
+                           doc="averaging weights a_j (mixing.WEIGHTS); the default 'version' "
+                           "won a three-seed ablation, the five-seed one does not favour it "
+                           "('data' was faster; docs/results.md); the studies pin 'data'")
   opt_state: str = tc.choice('average', engine_lib.OPT_STATE_RULES,
                              doc='what a sync does to optimizer states')
   t_local: float = tc.number(0.1, low=0, low_open=True,
