@@ -284,7 +284,8 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
 
   With ``compare.cached_only`` only finished runs are collected: a row then holds the
   seeds on which every algorithm of the ratio finished (``seeds``; ``not_run`` lists the
-  missing runs), and a ratio without such a seed has no row.
+  missing runs), and a ratio without such a seed has no row; the result's ``not_run``
+  lists every missing run, so a partial sweep never reads as a complete one.
   """
   seeds = tuple(config.compare.seeds)
   cached_only = bool(config.compare.get('cached_only'))
@@ -310,6 +311,9 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
           counter(label, rec, f'TTA {fmt_tta(rec.time_to_target_s)}')
         found.setdefault((float(ratio), name), {})[seed] = rec
   rows = []
+  missing = [{'ratio': float(ratio), 'algorithm': name, 'seed': seed}
+             for seed in seeds for ratio in config.compare.sweep_ratios for name in tuned
+             if seed not in found.get((float(ratio), name), {})]
   for ratio in config.compare.sweep_ratios:
     done = {name: found.get((float(ratio), name), {}) for name in tuned}
     complete = tuple(s for s in seeds if all(s in d for d in done.values()))
@@ -333,7 +337,7 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
     rows.append(row)
   write_json(os.path.join(workdir, 'sweep.json'), rows)
   plot_sweep(rows, workdir)
-  return {'rows': rows}
+  return {'rows': rows, **({'not_run': missing} if missing else {})}
 
 
 ABLATION = (

@@ -129,7 +129,11 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
     r = row['ratio']
     assert f'| {r:g} | {cell(r, "hadfl")} | {cell(r, "dfedavg")} |' in text
   assert 'not reached (0/1)' in text  # D-FedAvg's lower bound at ratio 8.
-  # Collecting finished runs only: a ratio with a run missing has no row, and nothing runs.
+  assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
+  assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
+  assert 'not_run' not in results['sweep']
+  # Collecting finished runs only: a ratio with a run missing has no row, the sweep lists
+  # the run as not run, and nothing runs.
   shutil.rmtree(tmp_path / 'sweep' / 'r8_dfedavg' / 'seed0')
   config.compare.cached_only = True
   config.compare.ablation = False
@@ -137,10 +141,38 @@ def test_sweep_and_ablation(config, tmp_path, monkeypatch):
   again = compare.compare(config, str(tmp_path), log=lines.append)
   assert [r['ratio'] for r in again['sweep']['rows']] == [1.0]
   assert again['sweep']['rows'][0] == rows[0]
+  assert again['sweep']['not_run'] == [{'ratio': 8.0, 'algorithm': 'dfedavg', 'seed': 0}]
   assert any('sweep r=8 dfedavg seed 0' in line and 'not run' in line for line in lines)
   assert not (tmp_path / 'sweep' / 'r8_dfedavg' / 'seed0').exists()
-  assert [r['value'] for r in results['ablation']['rows']] == [0.5, 1.0]
-  assert '| hadfl.rho | 1.0 |' in (tmp_path / 'ablation.md').read_text()
+
+
+def test_a_partial_sweep_pairs_the_seeds_every_algorithm_finished(config, tmp_path):
+  # Two seeds, one run of seed 1 missing: that ratio's row covers seed 0 alone, HADFL's
+  # and D-FedAvg's values are seed 0's own, and the row and the report say so.
+  config.compare.algorithms = ('hadfl', 'dfedavg')
+  config.compare.seeds = (0, 1)
+  config.compare.sweep = True
+  config.compare.sweep_ratios = (1.0, 8.0)
+  config.max_sim_time = 2.0
+  compare.compare(config, str(tmp_path), log=None)
+  shutil.rmtree(tmp_path / 'sweep' / 'r8_dfedavg' / 'seed1')
+  config.compare.cached_only = True
+  results = compare.compare(config, str(tmp_path), log=None)
+  full, partial = results['sweep']['rows']
+  assert 'seeds' not in full and partial['seeds'] == [0]
+  assert partial['not_run'] == [{'algorithm': 'dfedavg', 'seed': 1}]
+  assert results['sweep']['not_run'] == [{'ratio': 8.0, 'algorithm': 'dfedavg', 'seed': 1}]
+  for name in ('hadfl', 'dfedavg'):
+    seed0 = _summary(tmp_path / 'sweep' / f'r8_{name}' / 'seed0')['time_to_target_s']
+    assert partial['time_to_target_s'][name]['per_seed'] == [seed0]
+    assert len(full['time_to_target_s'][name]['per_seed']) == 2
+  hadfl0 = partial['time_to_target_s']['hadfl']['per_seed'][0]
+  ratio = partial['hadfl_speedup']['dfedavg']['per_seed']
+  assert len(ratio) == 1
+  other = _summary(tmp_path / 'sweep' / 'r8_dfedavg' / 'seed0')
+  assert ratio[0]['value'] == pytest.approx(
+      (other['time_to_target_s'] or other['sim_time_s']) / hadfl0)
+  assert '| 8 (seeds 0) |' in (tmp_path / 'report.md').read_text()
 
 
 def test_option_grids_and_a_diverging_point(config, tmp_path):
