@@ -148,7 +148,8 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
   finished run under another name did, an option at its default, reuses that run:
   :class:`~hadfl_jax.comparison.runs.RunIndex`). A point's result is its
   runs on all of ``compare.seeds``; the winner is the best by the mean over the seeds
-  (:func:`rank_key`). With ``compare.cached_only``, a point some seed of which never ran
+  (:func:`rank_key`). With ``compare.cached_only``, a point some seed of which never ran,
+  or ran in a way this command would redo (:func:`~hadfl_jax.comparison.runs.covers`),
   is listed as not run.
 
   With ``compare.prune``, a run stops once its point can no longer beat the best point
@@ -185,12 +186,16 @@ def tune(config, setups, evaluator, workdir: str, names: Sequence[str],
                                        else r.sim_time_s for r in before.values())
                   if prune and name in best_sum else None)
         rec = index.find(cfg, where)
+        answers = covers(rec, budget, config.compare.get('stop_collapsed', True))
         if config.compare.get('cached_only'):
-          counter(label, rec and dataclasses.replace(rec, cached=True))
+          # A run that would be redone (pruned too early, stopped as collapsed while
+          # collapsed runs are to go on) is not this point's run: listed as not run.
+          rec = dataclasses.replace(rec, cached=True) if answers else None
+          counter(label, rec)
           if rec is None:
             continue  # Not run (CPU time): the point is listed as not run.
         else:
-          if not covers(rec, budget, config.compare.get('stop_collapsed', True)):
+          if not answers:
             rec = run_point(cfg, setup, evaluator, where, verbose, prune_budget_s=budget)
             index.add(cfg, where)
           else:
@@ -303,6 +308,8 @@ def heterogeneity_sweep(config, setups, evaluator, tuned, workdir, log=print_lin
         label = f'sweep r={ratio:g} {name} seed {seed}'
         if cached_only:
           rec = load_run(c, where)
+          if not covers(rec, None, config.compare.get('stop_collapsed', True)):
+            rec = None  # A run that run_point would redo is not this ratio's run.
           counter(label, rec and dataclasses.replace(rec, cached=True))
           if rec is None:
             continue

@@ -233,6 +233,16 @@ def test_a_collapsed_point_is_stopped_and_recorded_as_a_miss(config, tmp_path, m
   assert len(rows) == 2  # Stopped at the second evaluation.
   assert summary['final_consensus_accuracy'] == json.loads(rows[-1])['consensus_accuracy']
   assert '1 collapsed' in (tmp_path / 'report.md').read_text()
+  # Collected only, the stopped run is this point's run while collapsed runs are stopped,
+  # and not one (the point not run, nothing started) when they are to run on.
+  config.compare.cached_only = True
+  again = compare.compare(config, str(tmp_path), log=lambda _: None)
+  assert again['algorithms']['dfedavg']['grid'] == results['algorithms']['dfedavg']['grid']
+  config.compare.stop_collapsed = False
+  lines = []
+  assert compare.compare(config, str(tmp_path), log=lines.append)['algorithms'] == {}
+  assert lines[0].endswith('not run (cached_only)')
+  assert _summary(run_dir)['collapsed'].endswith('collapsed: by the test')
 
 
 def test_prune_rule_and_which_cached_runs_answer_a_budget():
