@@ -12,7 +12,7 @@ A run writes into ``workdir``:
 * ``summary.json``: the final figures, including the time to the target accuracy;
 * ``tensorboard/``: the rows of ``metrics.jsonl`` as TensorBoard scalars
   (:mod:`hadfl_jax.tensorboard`; ``tensorboard --logdir WORKDIR``);
-* ``partition.json`` (who holds which labels) and ``timing.json`` (wall time);
+* ``partition.json`` (who holds which labels) and ``timing.json`` (wall and CPU time);
 * ``checkpoints/``: every ``checkpoint_every`` cycles, the whole simulation state
   (:mod:`hadfl_jax.checkpoint`). Re-running the same command resumes from the latest
   one and writes the same ``metrics.jsonl`` and ``summary.json`` as a run never stopped.
@@ -714,7 +714,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
          verbose: bool = True,
          give_up: Callable[[list[dict]], str | None] | None = None) -> dict:
   """The body of :func:`train_and_evaluate`, once the workdir is known to fit."""
-  wall_start = time.perf_counter()
+  wall_start, cpu_start = time.perf_counter(), time.process_time()
   # Only process 0 writes the run's files; every process takes part in checkpoints.
   writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -826,7 +826,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     # summary.json on any machine; it goes to timing.json instead.
     _write_json(summary_path, summary)
     _write_json(os.path.join(workdir, 'timing.json'),
-                {'wall_time_s': wall_time, 'resumed_after_cycle': resumed_from,
+                {'wall_time_s': wall_time,
+                 # The process's CPU time (all its threads): unlike the wall time, it
+                 # does not count a pause or the other processes of a loaded machine.
+                 'cpu_time_s': time.process_time() - cpu_start,
+                 'resumed_after_cycle': resumed_from,
                  **progress.wall, 'implementation': implementation(setup, evaluator)})
     if verbose:
       print(format_summary(summary, wall_time), flush=True)

@@ -371,6 +371,8 @@ def test_a_pruned_run_is_recorded_and_rerun_for_a_larger_budget(config, tmp_path
   assert 'pruned: not at the target' in rec.summary['pruned'] and rec.time_to_target_s is None
   assert rec.sim_time_s == rows[0]['sim_time_s'] < config.max_sim_time
   assert rec.summary['prune_budget_s'] == 0.0
+  timing = json.loads((tmp_path / 'run' / 'timing.json').read_text())
+  assert timing['wall_time_s'] > 0 and timing['cpu_time_s'] > 0  # A pruned run's too.
   assert runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=0.0).cached
   longer = runs_lib.run_point(cfg, setup, evaluator, where, prune_budget_s=None)
   assert not longer.cached and 'pruned' not in longer.summary

@@ -37,6 +37,10 @@ def test_run_writes_config_metrics_and_summary(quick_config, tmp_path):
     assert json.load(f)['num_devices'] == quick_config.num_devices
   with open(tmp_path / 'partition.json') as f:
     assert json.load(f)['summary']['num_examples'] == 1437
+  # Wall and CPU time, the cycles' and evaluations' shares within the wall time.
+  timing = json.loads((tmp_path / 'timing.json').read_text())
+  assert timing['cpu_time_s'] > 0 and timing['evaluations'] == 2
+  assert 0 < timing['cycles_s'] + timing['eval_s'] < timing['wall_time_s']
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(quick_config, tmp_path):

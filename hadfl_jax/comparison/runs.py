@@ -245,7 +245,7 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
     rules.append(prune_rule(prune_budget_s))
   give_up = (lambda history: next(filter(None, (rule(history) for rule in rules)), None)
              ) if rules else None
-  wall = time.perf_counter()
+  wall, cpu = time.perf_counter(), time.process_time()
   try:
     train.train_and_evaluate(run_config, workdir, setup=setup, evaluator=evaluator,
                              give_up=give_up, verbose=verbose)
@@ -263,6 +263,7 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
     write_json(os.path.join(workdir, 'summary.json'), summary)
     timing = {}
   timing['wall_time_s'] = time.perf_counter() - wall
+  timing['cpu_time_s'] = time.process_time() - cpu  # With the shared setup's share.
   write_json(os.path.join(workdir, 'timing.json'), timing)
   write_json(os.path.join(workdir, RUN_KEY_FILE), run_key(config))
   return load_run(config, workdir)
