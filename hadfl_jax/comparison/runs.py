@@ -263,7 +263,7 @@ def run_point(config, setup: train.Setup, evaluator, workdir: str,
     write_json(os.path.join(workdir, 'summary.json'), summary)
     timing = {}
   timing['wall_time_s'] = time.perf_counter() - wall
-  timing['cpu_time_s'] = time.process_time() - cpu  # With the shared setup's share.
+  timing['cpu_time_s'] = time.process_time() - cpu  # The whole call's, as the wall time.
   write_json(os.path.join(workdir, 'timing.json'), timing)
   write_json(os.path.join(workdir, RUN_KEY_FILE), run_key(config))
   return load_run(config, workdir)
