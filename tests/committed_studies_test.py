@@ -4,6 +4,7 @@ directory with ``cached_only``, finds every run it needs and gives the committed
 Apart from tests/compare_test.py, which holds the comparison's own tests."""
 
 import ast
+import dataclasses
 import importlib
 import json
 import shlex
@@ -11,6 +12,7 @@ import shutil
 
 import pytest
 
+from hadfl_jax import algorithms
 from hadfl_jax import compare
 from tests import fixtures
 
@@ -92,6 +94,7 @@ def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
 
 @pytest.mark.parametrize('scenario', ['paper_mnist_tuning', 'paper_mnist',
                                       'noniid_mnist_tuning', 'noniid_mnist',
+                                      'many_devices_tuning',
                                       'hadfl_outsiders/quick', 'hadfl_outsiders/paper'])
 def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tmp_path):
   # results/<scenario>/COMMAND run again finds every run it needs and gives the committed
@@ -114,3 +117,17 @@ def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tm
                       if not any('.' in k for k in g['point'])
                       and all(g['point'][k] == v for k, v in chosen.items() if k != knob))
         assert line[0] < chosen[knob] < line[-1], (name, knob, line)
+      # So is every option chosen: its values run at the chosen (lr, H), the algorithm's
+      # default (the point without the option) among them, lie on both sides of it, or
+      # it is the least value the option allows (Prague's G = 2).
+      config = _command_config(fixtures.REPO / 'results' / scenario / 'COMMAND')
+      for option in {k for g in r['grid'] for k in g['point'] if '.' in k}:
+        section, _, field = option.partition('.')
+        default = config[section][field]
+        line = sorted({g['point'].get(option, default) for g in r['grid']
+                       if all(g['point'][k] == v for k, v in chosen.items())})
+        value = r['chosen'].get(option, default)
+        spec = {f.name: f.metadata['spec'] for f in dataclasses.fields(
+            algorithms.ALGORITHMS.get(section).Config)}[field]
+        assert line[0] < value or value == spec.low, (name, option, line)
+        assert value < line[-1], (name, option, line)
