@@ -4,7 +4,6 @@ directory with ``cached_only``, finds every run it needs and gives the committed
 Apart from tests/compare_test.py, which holds the comparison's own tests."""
 
 import ast
-import dataclasses
 import importlib
 import json
 import shlex
@@ -14,6 +13,7 @@ import pytest
 
 from hadfl_jax import algorithms
 from hadfl_jax import compare
+from hadfl_jax import typed_config
 from tests import fixtures
 
 
@@ -127,7 +127,6 @@ def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tm
         line = sorted({g['point'].get(option, default) for g in r['grid']
                        if all(g['point'][k] == v for k, v in chosen.items())})
         value = r['chosen'].get(option, default)
-        spec = {f.name: f.metadata['spec'] for f in dataclasses.fields(
-            algorithms.ALGORITHMS.get(section).Config)}[field]
+        spec = typed_config.specs(algorithms.ALGORITHMS.get(section).Config)[field]
         assert line[0] < value or value == spec.low, (name, option, line)
         assert value < line[-1], (name, option, line)
