@@ -423,7 +423,11 @@ def compare(config: ml_collections.ConfigDict, workdir: str, log=print_line,
     ConfigError: an invalid field (for any of the compared algorithms).
     WorkdirBusyError: another comparison is using ``workdir``.
   """
-  names = tuple(config.compare.algorithms)
+  # The compare section first (after the researcher's modules have registered their
+  # algorithms), so that a bad algorithms tuple is named as such rather than as its
+  # first element's config.algorithm.
+  validation.import_modules(config)
+  names = validation.compare_config(config).algorithms
   for name in names:
     cfg = copy.deepcopy(config)
     cfg.algorithm = name

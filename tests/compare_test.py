@@ -394,6 +394,15 @@ def test_ranking_and_speedups_of_single_runs():
   assert compare.speedup(never, fast)['value'] is None
 
 
+def test_a_bad_algorithms_tuple_is_named_before_any_work(config, tmp_path):
+  # A command line's unquoted tuple '(hadfl, prague)' arrives as one name; the error must
+  # name config.compare.algorithms, not config.algorithm (its first element's run).
+  config.compare.algorithms = ('(hadfl, prague)',)
+  with pytest.raises(compare.validation.ConfigError, match=r'config\.compare\.algorithms='):
+    compare.compare(config, str(tmp_path / 'study'), log=None)
+  assert not (tmp_path / 'study').exists()
+
+
 def test_grid_points(config):
   config.compare.learning_rates = (0.1, 0.2)
   config.compare.local_steps = (3, 7)
