@@ -12,6 +12,7 @@ from hadfl_jax.configs import quick_compare
 from hadfl_jax import algorithms
 from hadfl_jax import compare
 from hadfl_jax import train
+from hadfl_jax import validation
 from hadfl_jax.comparison import runs as runs_lib
 from tests import fixtures
 
@@ -398,7 +399,7 @@ def test_a_bad_algorithms_tuple_is_named_before_any_work(config, tmp_path):
   # A command line's unquoted tuple '(hadfl, prague)' arrives as one name; the error must
   # name config.compare.algorithms, not config.algorithm (its first element's run).
   config.compare.algorithms = ('(hadfl, prague)',)
-  with pytest.raises(compare.validation.ConfigError, match=r'config\.compare\.algorithms='):
+  with pytest.raises(validation.ConfigError, match=r'config\.compare\.algorithms='):
     compare.compare(config, str(tmp_path / 'study'), log=None)
   assert not (tmp_path / 'study').exists()
 
