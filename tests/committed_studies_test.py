@@ -95,7 +95,7 @@ def test_the_committed_quick_study_is_found_whole_in_its_cache(tmp_path):
 @pytest.mark.parametrize('scenario', ['paper_mnist_tuning', 'paper_mnist',
                                       'noniid_mnist_tuning', 'noniid_mnist',
                                       'many_devices_tuning', 'many_devices',
-                                      'many_devices_free_comm',
+                                      'many_devices_free_comm', 'many_devices_no_latency',
                                       'hadfl_outsiders/quick', 'hadfl_outsiders/paper'])
 def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tmp_path):
   # results/<scenario>/COMMAND run again finds every run it needs and gives the committed
