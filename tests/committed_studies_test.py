@@ -106,6 +106,7 @@ def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tm
     pytest.skip(f'real MNIST IDX files not found at {fixtures.SHARED_MNIST} '
                 '(set HADFL_MNIST_DIR)')
   results, _ = _recollect(scenario, tmp_path, **{'dataset.idx_dir': str(fixtures.SHARED_MNIST)})
+  config = _command_config(fixtures.REPO / 'results' / scenario / 'COMMAND')
   for name, r in results['algorithms'].items():
     assert r['not_run'] == [], name
     if scenario.endswith('_tuning'):
@@ -121,7 +122,6 @@ def test_the_committed_mnist_studies_are_found_whole_in_their_cache(scenario, tm
       # So is every option chosen: its values run at the chosen (lr, H), the algorithm's
       # default (the point without the option) among them, lie on both sides of it, or
       # it is the least value the option allows (Prague's G = 2).
-      config = _command_config(fixtures.REPO / 'results' / scenario / 'COMMAND')
       for option in {k for g in r['grid'] for k in g['point'] if '.' in k}:
         section, _, field = option.partition('.')
         default = config[section][field]
