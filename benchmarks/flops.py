@@ -20,6 +20,12 @@ machine moves the limit and the rates set against it alike. Rates:
   activations and on arrays far larger than the caches, bytes moved per second; times the
   step's FLOP per byte (XLA's cost analysis) it bounds the FLOP rate of a step that is
   limited by data movement rather than by its matmuls (``train_vs_bandwidth_bound``);
+* one core: the engine's training and numpy's matmul again, in a child process pinned to
+  one CPU with one BLAS thread (:func:`one_core`). Their ratio is the step's own
+  efficiency, whatever the parallel schedule: with C cores each training devices on its
+  own core at that rate, with nothing lost to sharing memory, training would reach C x
+  the one-core training rate over the all-core matmul rate (``parallel_bound``), an upper
+  bound on what any split of the work over the cores can give;
 * ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the
   same model, batch and optimizer as a plain jitted single-device step (forward,
   backward, momentum SGD) called from a Python loop on float32 batches prepared
@@ -44,6 +50,9 @@ counts a loop's body once, which is why FLOP are taken from single steps and bat
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -201,6 +210,63 @@ def _test_split(n: int) -> data_lib.Split:
                         num_classes=common.NUM_CLASSES)
 
 
+def _engine_train(model, params, optimizer, data, devices, schedule, impl):
+  """The engine's device step with convolution ``impl`` (``None`` for a model without the
+  choice) and a function running ``h`` masked local steps of every device."""
+  model = autotune.with_conv_impl(model, impl) if impl else model
+  step = local.make_device_step(model.apply, optimizer, engine.BATCH)
+  return step, engine._engine(step, devices, data, schedule)  # pylint: disable=protected-access
+
+
+# Thread counts of the BLAS libraries numpy may link, set to 1 in the one-core child.
+_BLAS_THREAD_VARS = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
+                     'BLIS_NUM_THREADS', 'VECLIB_MAXIMUM_THREADS')
+
+
+def one_core(model_name: str, num_devices: int, width: int, impl: str | None, steps: int,
+             repeats: int) -> dict[str, Any] | None:
+  """Seconds of the engine's training and of numpy's matmul on one core.
+
+  A child process pinned to one CPU (``os.sched_setaffinity``, one BLAS thread) times
+  ``steps`` masked local steps of ``num_devices`` devices in sub-buckets of ``width``
+  with convolution ``impl`` (what :func:`measure` times on every core), round-robin with
+  :func:`numpy_matmul`. ``None`` where the OS cannot pin a process to a CPU.
+
+  Returns:
+    ``cpu`` (the CPU it ran on), ``train_seconds`` and ``matmul_seconds`` (medians).
+  """
+  if not hasattr(os, 'sched_setaffinity'):
+    return None
+  cpu = min(os.sched_getaffinity(0))
+  env = dict(os.environ, **{var: '1' for var in _BLAS_THREAD_VARS})
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
+  args = json.dumps([model_name, num_devices, width, impl, steps, repeats])
+  code = f'import json; from benchmarks import flops; flops._one_core_child(*json.loads({args!r}))'
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, check=False,
+                       capture_output=True, text=True,
+                       preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+  if out.returncode:
+    raise RuntimeError(f'the one-core measurement failed (exit {out.returncode}):\n'
+                       f'{out.stderr[-2000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _one_core_child(model_name, num_devices, width, impl, steps, repeats) -> None:
+  """:func:`one_core`'s measurement, in the pinned process: prints one JSON line."""
+  model, params = common.init_params(model_name)
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  data = common.random_device_data(num_devices, engine.PER_DEVICE)
+  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
+  _, train = _engine_train(model, params, optimizer, data, devices,
+                           local.LocalSchedule(max_width=width), impl)
+  timings = common.interleaved_timings(
+      {'train': lambda: train(steps), 'matmul': numpy_matmul()}, repeats)
+  print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)),
+                    'train_seconds': timings['train']['wall'],
+                    'matmul_seconds': timings['matmul']['wall']}))
+
+
 def run_schedule(model, params, optimizer, num_devices: int) -> local.LocalSchedule:
   """The sub-buckets a run uses (``engine.bucket_mib = None``,
   :func:`hadfl_jax.core.engine.sub_bucket_width`: measured by autotune on CPU)."""
@@ -209,8 +275,11 @@ def run_schedule(model, params, optimizer, num_devices: int) -> local.LocalSched
       shard_width=num_devices, bucket_mib=None))
 
 
-def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict[str, Any]:
-  """Training and evaluation FLOP/s of one model, and the matmul limit, in one run."""
+def measure(model_name: str, num_devices: int, repeats: int, steps: int,
+            with_one_core: bool = True) -> dict[str, Any]:
+  """Training and evaluation FLOP/s of one model, and the matmul limit, in one run;
+  with ``with_one_core`` (where the OS can pin a process to a CPU), the same training and
+  matmul on one core (:func:`one_core`)."""
   model, params = common.init_params(model_name)
   optimizer = optax.sgd(0.01, momentum=0.9)
   data = common.random_device_data(num_devices, engine.PER_DEVICE)
@@ -222,14 +291,8 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
       width=min(num_devices, schedule.max_width or num_devices))
   # Only the chosen one is timed again: the native convolution in this loop ran 20x
   # slower on CPU (minutes here); autotune's cache keeps the times of every candidate.
-  impls = {'train': chosen_train}
-  trains, device_steps = {}, {}
-  for name, impl in impls.items():
-    device_steps[name] = local.make_device_step(autotune.with_conv_impl(model, impl).apply,
-                                                optimizer, engine.BATCH)
-    trains[name] = engine._engine(  # pylint: disable=protected-access
-        device_steps[name], devices, data, schedule)
-  step = device_steps['train']
+  step, train = _engine_train(model, params, optimizer, data, devices, schedule, chosen_train)
+  trains = {'train': train}
   opt_state = optimizer.init(params)
   # Bytes as the chosen implementation accesses them; FLOP the model's own.
   _, step_bytes = cost(
@@ -284,6 +347,14 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
     flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
                                      * num_devices)
   rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
+  single = (one_core(model_name, num_devices, schedule.max_width, chosen_train, steps, repeats)
+            if with_one_core else None)
+  if single is not None:
+    single = dict(single, train_flops_per_s=flops['train'] / single['train_seconds'],
+                  matmul_flops_per_s=MATMUL_FLOPS / single['matmul_seconds'])
+    single['train_vs_matmul'] = single['train_flops_per_s'] / single['matmul_flops_per_s']
+    single['cores'] = len(os.sched_getaffinity(0))
+    single['parallel_bound'] = single['cores'] * single['train_flops_per_s'] / limit
   chosen_eval = min(rates['eval_consensus/chosen'], rates['eval_devices/chosen'])
   examples = num_devices * steps * engine.BATCH
   examples_per_s = {k: examples / timings[k]['wall'] for k in ('train', *plain_names)}
@@ -293,7 +364,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int) -> dict
               xla_matmul_flops_per_s=xla_limit, flops=flops,
               seconds={k: t['wall'] for k, t in timings.items()},
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
-              train_vs_matmul=rates['train'] / limit,
+              train_vs_matmul=rates['train'] / limit, one_core=single,
               eval_vs_train=chosen_eval / rates['train'],
               examples_per_s=examples_per_s,
               train_vs_plain=examples_per_s['train'] / best_plain,
@@ -333,6 +404,17 @@ def markdown(result: dict[str, Any]) -> str:
               f'matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
               f'Evaluation (the slower of consensus and devices, with the chosen convolution '
               f'`{r["chosen_conv"]}`) / training: {r["eval_vs_train"]:.2f} (goal >= 1.0).']
+    single = r.get('one_core')
+    if single:
+      lines += ['', f'On one core (a process pinned to CPU {single["cpus"][0]}, one BLAS '
+                f'thread): training {single["train_flops_per_s"] / 1e9:.1f} GFLOP/s, numpy\'s '
+                f'matmul {single["matmul_flops_per_s"] / 1e9:.0f}: **'
+                f'{single["train_vs_matmul"]:.2f}** of the core\'s matmul rate, the step\'s own '
+                f'efficiency. {single["cores"]} cores each training at that rate, nothing lost '
+                f'to sharing memory, would reach {single["parallel_bound"]:.2f} of the all-core '
+                'matmul rate: the most any split of the work over the cores can give.']
+    elif 'one_core' in r:
+      lines += ['', 'On one core: not measured (this OS cannot pin a process to a CPU).']
     if 'train_vs_plain' in r:
       plain = {k: v for k, v in r['examples_per_s'].items() if k.startswith('plain')}
       lines += ['', f'Per example: the engine trained {r["examples_per_s"]["train"]:,.0f} '

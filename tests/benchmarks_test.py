@@ -98,8 +98,21 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
     bound = min(row['matmul_flops_per_s'], bw * row['train_intensity'])
     assert row['train_vs_bandwidth_bound'][where] == pytest.approx(
         row['flops_per_s']['train'] / bound)
+  # One core: a child pinned to one CPU timed the same training and the matmul; the bound
+  # on any split over the cores is cores x that training rate over the all-core limit.
+  single = row['one_core']
+  if single is not None:
+    assert len(single['cpus']) == 1
+    assert single['train_flops_per_s'] == pytest.approx(
+        row['flops']['train'] / single['train_seconds'])
+    assert single['train_vs_matmul'] == pytest.approx(
+        single['train_seconds'] ** -1 * row['flops']['train'] * single['matmul_seconds']
+        / (2 * flops.MATMUL_N**3))
+    assert single['parallel_bound'] == pytest.approx(
+        single['cores'] * single['train_flops_per_s'] / row['matmul_flops_per_s'])
   text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
   assert 'vector extensions' in text and '| small_mlp | 2 |' in text
+  assert ('On one core (a process pinned to CPU' in text) == (single is not None)
   assert 'a plain single-device loop of the same step' in text and 'GB/s on 4 MB' in text
 
 
