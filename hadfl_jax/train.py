@@ -47,6 +47,7 @@ from hadfl_jax import validation
 from hadfl_jax import workdir as workdir_lib
 from hadfl_jax.algorithms import base
 from hadfl_jax.core import autotune
+from hadfl_jax.core import engine as engine_core
 from hadfl_jax.core import profiles
 from hadfl_jax.core import task as task_lib
 
@@ -142,8 +143,15 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
       faults=validation.faults_config(config),
       bytes_per_param=validation.profile_config(config).bytes_per_param,
   )
-  return Setup(problem, device_data, test, report,
-               {} if impl is None else {'training_conv': impl})
+  # The sub-buckets of the engine's loop (measured on CPU; the trainers make the same
+  # cached choice): what ran how, recorded with the convolution.
+  shards = sharding.mesh_size(engine)
+  plan = engine_core.sub_buckets(model, params, optimizer, task, config.batch_size,
+                                 input_shape, config.num_devices // shards, engine.bucket_mib,
+                                 shards)
+  implementation = {} if impl is None else {'training_conv': impl}
+  implementation['sub_buckets'] = plan._asdict()
+  return Setup(problem, device_data, test, report, implementation)
 
 
 def implementation(setup: Setup, evaluator: evaluation.Evaluator) -> dict:

@@ -10,6 +10,7 @@ import pytest
 
 from hadfl_jax import models
 from hadfl_jax import train
+from hadfl_jax import validation
 from hadfl_jax.core import autotune
 
 
@@ -147,14 +148,25 @@ def test_setup_runs_and_records_the_engine_convolution(quick_config, tmp_path):
   quick_config.engine.bucket_mib = 64.0  # The width is measured in its own test below.
   setup = train.build_setup(quick_config)
   assert setup.problem.model.conv_impl == 'lax'
-  assert setup.implementation == {'training_conv': 'lax'}
+  # The sub-buckets the trainers run: sized by engine.bucket_mib here, vmapped.
+  problem = setup.problem
+  from hadfl_jax.core import engine, local
+  trainer = engine.LocalTrainer(problem, validation.engine_config(quick_config))
+  schedule = trainer.schedule_for(problem.input_shape)
+  sub_buckets = {'width': schedule.max_width, 'unroll': False}
+  assert setup.implementation == {'training_conv': 'lax', 'sub_buckets': sub_buckets}
+  x_B = jax.ShapeDtypeStruct((problem.batch_size,) + problem.input_shape, jnp.float32)
+  assert schedule.max_width == local.max_width_for_bytes(local.device_working_set_bytes(
+      problem.model.apply, problem.init_params,
+      jax.eval_shape(problem.optimizer.init, problem.init_params), x_B), 64 * 2**20)
   quick_config.num_cycles = quick_config.eval_every = 1
   train.train_and_evaluate(quick_config, str(tmp_path), verbose=False)
   timing = json.loads((tmp_path / 'timing.json').read_text())
   assert timing['implementation'] == {'training_conv': 'lax', 'inference_conv': 'lax',
-                                      'inference_batch': 360}  # The whole test split.
+                                      'inference_batch': 360,  # The whole test split.
+                                      'sub_buckets': sub_buckets}
   quick_config.model = 'digits_mlp'
-  assert train.build_setup(quick_config).implementation == {}
+  assert set(train.build_setup(quick_config).implementation) == {'sub_buckets'}
 
 
 def test_evaluation_batch_sizes_tried():
@@ -163,16 +175,24 @@ def test_evaluation_batch_sizes_tried():
   assert autotune.batch_sizes(20) == (20,)
 
 
-def test_sub_bucket_width_measured_per_device_step(tmp_path, monkeypatch):
+def test_sub_buckets_measured_per_device_step(tmp_path, monkeypatch):
   monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / 'c.json'))
   mlp = models.get_model('small_mlp', 10)
   params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))['params']
-  width = autotune.training_width(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
-                                  shard_width=4)
+  plan = autotune.training_sub_buckets(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
+                                       shard_width=4)
   (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
-  assert set(entry['seconds']) == {'1', '2', '4'}
+  # Every width vmapped, and from 2 devices up to the unroll limit as step copies too.
+  assert set(entry['seconds']) == {'1', '2', '4', '2u', '4u'}
   best = min(entry['seconds'], key=entry['seconds'].get)
-  assert width == (0 if best == '4' else int(best))  # The whole shard: the loop is not cut.
+  # The whole shard vmapped: the loop is not cut.
+  assert plan == ((0, False) if best == '4' else (int(best.rstrip('u')), best.endswith('u')))
+  # A sharded device axis times vmapped steps only.
+  plan = autotune.training_sub_buckets(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
+                                       shard_width=4, unroll=False)
+  assert not plan.unroll
+  entries = json.loads((tmp_path / 'c.json').read_text()).values()
+  assert {'1', '2', '4'} in [set(e['seconds']) for e in entries]
 
 
 def test_sub_bucket_widths_timed_only_within_the_memory_cap(tmp_path, monkeypatch):
@@ -185,20 +205,23 @@ def test_sub_bucket_widths_timed_only_within_the_memory_cap(tmp_path, monkeypatc
       jax.ShapeDtypeStruct((4, 28, 28, 1), jnp.float32))
   # A cap that holds two devices' working sets and not three.
   monkeypatch.setattr(autotune, 'TIMED_MIB', 2.5 * per_device / 2**20)
-  width = autotune.training_width(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
-                                  shard_width=8)
+  plan = autotune.training_sub_buckets(mlp, params, optax.sgd(0.1), None, 4, (28, 28, 1),
+                                       shard_width=8)
   (entry,) = json.loads((tmp_path / 'c.json').read_text()).values()
-  assert set(entry['seconds']) == {'1', '2'}
-  assert width == int(min(entry['seconds'], key=entry['seconds'].get))  # Never 0: cut.
+  assert set(entry['seconds']) == {'1', '2', '2u'}
+  best = min(entry['seconds'], key=entry['seconds'].get)
+  assert plan == (int(best.rstrip('u')), best.endswith('u'))  # Never 0: cut.
 
 
 def test_engine_uses_the_measured_width_and_the_budget_when_off(monkeypatch):
   from hadfl_jax.core import engine
   from tests import fixtures
   problem = fixtures.make_tiny_problem()[0]
-  monkeypatch.setattr(autotune, 'training_width', lambda *a, **k: 3)
-  assert engine.LocalTrainer(problem).schedule_for(problem.input_shape).max_width == (
-      3 if jax.default_backend() == 'cpu' else 0)
+  monkeypatch.setattr(autotune, 'training_sub_buckets',
+                      lambda *a, **k: autotune.SubBuckets(3, k['unroll']))
+  schedule = engine.LocalTrainer(problem).schedule_for(problem.input_shape)
+  on_cpu = jax.default_backend() == 'cpu'
+  assert (schedule.max_width, schedule.unroll) == ((3, True) if on_cpu else (0, False))
   monkeypatch.setenv(autotune.ENABLED_ENV, 'off')
   assert not autotune.enabled()
   from hadfl_jax.core import local

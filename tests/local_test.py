@@ -27,17 +27,21 @@ def _train(step, devices, data, budgets_N, schedule):
   return jax.device_get(fn(devices, jnp.asarray(budgets_N, jnp.int32)))
 
 
-@pytest.mark.parametrize('widths,max_width,shards', [
-    ((1, 2, 3), 0, 1), ((1,) * 6, 0, 1), ((), 2, 1), ((), 4, 1), ((1, 5), 2, 1),
-    ((), 0, 2), ((2, 1), 0, 2), ((1, 1), 0, 3), ((), 1, 3),
-    ((), 1, 1),  # Sub-buckets of one device: no vmap and no mask (local._lift).
+@pytest.mark.parametrize('widths,max_width,shards,unroll', [
+    ((1, 2, 3), 0, 1, False), ((1,) * 6, 0, 1, False), ((), 2, 1, False), ((), 4, 1, False),
+    ((1, 5), 2, 1, False), ((), 0, 2, False), ((2, 1), 0, 2, False), ((1, 1), 0, 3, False),
+    ((), 1, 3, False),
+    ((), 1, 1, False),  # Sub-buckets of one device: no vmap and no mask (local.lift).
+    # Sub-buckets as separate step copies: a padded one (4 + 2 idle slots), and buckets.
+    ((), 4, 1, True), ((1, 5), 2, 1, True), ((2, 4), 3, 1, True),
 ])
-def test_buckets_match_single_loop(six_devices, widths, max_width, shards):
+def test_buckets_match_single_loop(six_devices, widths, max_width, shards, unroll):
   step, devices, data = six_devices
   budgets_N = [3, 0, 7, 1, 5, 2]
   expected = _train(step, devices, data, budgets_N, local.LocalSchedule())
   got = _train(step, devices, data, budgets_N,
-               local.LocalSchedule(widths, max_width=max_width, num_shards=shards))
+               local.LocalSchedule(widths, max_width=max_width, num_shards=shards,
+                                   unroll=unroll))
   chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-7)
   devices_out, loss_N = got
   assert np.asarray(devices_out.steps).tolist() == budgets_N
@@ -124,6 +128,10 @@ def test_schedule_errors(six_devices):
     local.LocalSchedule((0, 6))
   with pytest.raises(ValueError, match='max_width >= 0'):
     local.LocalSchedule(max_width=-1)
+  for bad in (dict(max_width=0), dict(max_width=local.UNROLL_MAX_WIDTH + 1),
+              dict(max_width=2, num_shards=2)):
+    with pytest.raises(ValueError, match=r'unroll=True\) needs one shard and max_width'):
+      local.LocalSchedule(unroll=True, **bad)
 
 
 def test_hadfl_with_buckets_matches_reference():

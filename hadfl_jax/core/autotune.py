@@ -12,8 +12,9 @@ it runs:
 
 * :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices, as
   the engine's masked loop runs them (:class:`hadfl_jax.core.engine.LocalTrainer`);
-* :func:`training_width`: that sub-bucket's width (cache blocking on CPU), per
-  device-step, for ``engine.bucket_mib = None`` on CPU;
+* :func:`training_sub_buckets`: that sub-bucket's width (cache blocking on CPU) and
+  whether its devices run as one vmapped step or as separate step copies that XLA:CPU
+  can overlap, per device-step, for ``engine.bucket_mib = None`` on CPU;
 * :func:`inference_plan`: the convolution and the batch size of evaluation, timed on
   forward passes of one model over test-sized batches
   (:class:`hadfl_jax.evaluation.Evaluator`); accuracy does not depend on the batch size,
@@ -48,7 +49,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -243,7 +244,8 @@ def choose(what: str, work: Mapping[str, Any],
   measured before.
 
   Args:
-    what: the computation (``'training_conv'``, ``'training_width'``, ``'inference'``).
+    what: the computation (``'training_conv'``, ``'training_sub_buckets'``,
+      ``'inference'``).
     work: what the timing depends on besides the machine (shapes, model, ...; JSON).
     candidates: the implementations and their samplers (name -> a function running it
       once and returning the seconds taken, e.g. :func:`call_timer`), sampled in
@@ -314,7 +316,7 @@ def _training_loop_sampler(model, params: PyTree, optimizer, task, batch_size: i
   labels = jnp.zeros((width, pool), jnp.int32)
   count = jnp.full((width,), pool, jnp.int32)
   keys = jax.random.split(jax.random.PRNGKey(1), width)
-  step = jax.vmap(local.make_device_step(model.apply, optimizer, batch_size, task))
+  step = local.lift(local.make_device_step(model.apply, optimizer, batch_size, task))
 
   @jax.jit
   def loop(params_W, opt_state_W):
@@ -324,6 +326,32 @@ def _training_loop_sampler(model, params: PyTree, optimizer, task, batch_size: i
     return jax.lax.fori_loop(0, steps, body, (params_W, opt_state_W, jnp.zeros((width,))))
 
   return call_timer(loop, params_W, opt_state_W, max_temp_bytes=timed_bytes())
+
+
+def _sub_bucket_timer(model, params: PyTree, optimizer, task, batch_size: int,
+                      input_shape: tuple[int, ...], width: int, unroll: bool,
+                      steps: int) -> Callable[[], float]:
+  """A sampler (:func:`call_timer`) of the engine's own masked loop
+  (:func:`hadfl_jax.core.local.masked_local_train`) giving ``steps`` local steps to each of
+  two sub-buckets of ``width`` devices (``unroll``: as separate step copies), on random
+  examples: the sub-buckets' gathers and scatters and the first steps of each, which the
+  steady state of a longer loop amortises, are timed as a cycle runs them. Built at its
+  first sample; infinite beyond :data:`TIMED_MIB` of temporaries."""
+
+  def make() -> Callable[[], float]:
+    from hadfl_jax.core import device_data, local  # pylint: disable=g-import-not-at-top
+    n, pool = 2 * width, 4 * batch_size
+    data = device_data.DeviceData(images=_random_inputs((n, pool) + tuple(input_shape)),
+                                  labels=jnp.zeros((n, pool), jnp.int32),
+                                  counts=jnp.full((n,), pool, jnp.int32))
+    devices = local.init_devices(jax.random.PRNGKey(1), params, optimizer, n)
+    step = local.make_device_step(model.apply, optimizer, batch_size, task)
+    schedule = local.LocalSchedule(max_width=width, unroll=unroll)
+    train = jax.jit(lambda d, x, b: local.masked_local_train(step, d, x, b, schedule)[0])
+    return call_timer(train, devices, data, jnp.full((n,), steps, jnp.int32),
+                      max_temp_bytes=timed_bytes())
+
+  return lazy_timer(make)
 
 
 def _training_work(model, params, optimizer, batch_size, input_shape) -> dict:
@@ -371,16 +399,39 @@ def timed_bytes() -> float | None:
   return TIMED_MIB * 2**20 if jax.default_backend() == 'cpu' else None
 
 
+class SubBuckets(NamedTuple):
+  """How the engine's loop runs a bucket's devices (:class:`hadfl_jax.core.local.LocalSchedule`).
+
+  Attributes:
+    width: the most devices of one sub-bucket, its ``max_width`` (0: the loop is not cut).
+    unroll: the sub-bucket's devices as separate step copies, not one vmapped step.
+  """
+
+  width: int
+  unroll: bool = False
+
+
 @_eager
-def training_width(model, params: PyTree, optimizer, task, batch_size: int,
-                   input_shape: tuple[int, ...], shard_width: int, steps: int = 2) -> int:
-  """How many devices one sub-bucket of the engine's loop vmaps: the width, among the
-  powers of two up to ``shard_width`` (and it), whose time per device-step is the
-  smallest. On a CPU a narrow sub-bucket keeps its devices' states in cache; on an
-  accelerator the widest is usually fastest. Widths above :data:`WIDEST_TIMED`, or whose
-  working sets (:func:`hadfl_jax.core.local.device_working_set_bytes`) exceed
-  :data:`TIMED_MIB`, are not timed; the loop is not cut (0, no limit) when the whole
-  shard is the width chosen."""
+def training_sub_buckets(model, params: PyTree, optimizer, task, batch_size: int,
+                         input_shape: tuple[int, ...], shard_width: int,
+                         steps: int = 16, unroll: bool = True) -> SubBuckets:
+  """How one sub-bucket of the engine's loop runs, the fastest per device-step: its width,
+  among the powers of two up to ``shard_width`` (and it), each as one vmapped step and,
+  from 2 to :data:`hadfl_jax.core.local.UNROLL_MAX_WIDTH` devices, as separate step copies
+  (candidate names ``'<width>'`` and ``'<width>u'``). On a CPU a narrow sub-bucket keeps
+  its devices' states in cache, and separate copies let XLA:CPU overlap one device's data
+  movement with another's matmuls; on an accelerator the widest vmap is usually fastest.
+  Widths above :data:`WIDEST_TIMED`, or whose working sets
+  (:func:`hadfl_jax.core.local.device_working_set_bytes`) exceed :data:`TIMED_MIB`, are
+  not timed; the loop is not cut (width 0) when the whole shard, vmapped, is the choice.
+  ``unroll=False`` times vmapped steps only (a sharded device axis).
+
+  Each candidate runs the engine's masked loop for ``steps`` local steps of two
+  sub-buckets (:func:`_sub_bucket_timer`). Fewer steps favour narrow sub-buckets: the
+  first steps of a loop, which warm the caches with its devices' states, cost more per
+  device the wider it is (timed with 2 steps, one device per sub-bucket looked fastest on
+  a 2-core CPU where, at 16 steps as a run takes them, two as step copies were 6% faster).
+  """
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
   per_device = local.device_working_set_bytes(
@@ -391,16 +442,22 @@ def training_width(model, params: PyTree, optimizer, task, batch_size: int,
   widths = sorted({w for w in (2**k for k in range(7)) if w < shard_width}
                   | {shard_width})
   widths = [w for w in widths if w <= widest] or [widest]
-  if len(widths) == 1:
-    return 0 if widths[0] >= shard_width else widths[0]
-
-  timers = {str(w): _training_loop_timer(model, params, optimizer, task, batch_size,
-                                         input_shape, w, steps) for w in widths}
-  work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
-              shard_width=shard_width)
-  best = int(choose('training_width', work, timers,
-                    per={str(w): w * steps for w in widths}))  # Per device-step.
-  return 0 if best >= shard_width else best
+  plans = {str(w): SubBuckets(w) for w in widths}
+  plans.update({f'{w}u': SubBuckets(w, True) for w in widths
+                if unroll and 2 <= w <= local.UNROLL_MAX_WIDTH})
+  if len(plans) == 1:
+    best = next(iter(plans.values()))
+  else:
+    timers = {name: _sub_bucket_timer(model, params, optimizer, task, batch_size,
+                                      input_shape, plan.width, plan.unroll, steps)
+              for name, plan in plans.items()}
+    work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
+                shard_width=shard_width, unroll=unroll, steps=steps)
+    best = plans[choose('training_sub_buckets', work, timers,
+                        per={name: 2 * plan.width * steps for name, plan in plans.items()})]
+  if best.width >= shard_width and not best.unroll:
+    return SubBuckets(0)
+  return best
 
 
 def batch_sizes(max_batch: int, smallest: int = 32) -> tuple[int, ...]:

@@ -88,26 +88,28 @@ class EngineConfig(tc.Section):
     return width
 
 
-def sub_bucket_width(model, params, optimizer, task, batch_size: int,
-                     input_shape: tuple[int, ...], shard_width: int,
-                     bucket_mib: float | None) -> int:
-  """How many devices one sub-bucket of the local loop vmaps (0: no limit), as
-  ``engine.bucket_mib`` says: ``None`` on CPU measures it (cache blocking,
-  :func:`hadfl_jax.core.autotune.training_width`; with several processes, or measurement
-  off, the backend's budget: every process must run the same program), a number sizes it
-  by that budget of MiB (:func:`hadfl_jax.core.local.max_width_for_bytes`), 0 is no limit.
+def sub_buckets(model, params, optimizer, task, batch_size: int,
+                input_shape: tuple[int, ...], shard_width: int, bucket_mib: float | None,
+                num_shards: int = 1) -> autotune.SubBuckets:
+  """How a sub-bucket of the local loop runs, as ``engine.bucket_mib`` says: ``None`` on CPU
+  measures its width and whether its devices run as one vmapped step or as separate step
+  copies (:func:`hadfl_jax.core.autotune.training_sub_buckets`; copies only on one shard;
+  with several processes, or measurement off, the backend's budget: every process must
+  run the same program), a number sizes a vmapped sub-bucket by that budget of MiB
+  (:func:`hadfl_jax.core.local.max_width_for_bytes`), 0 is no limit.
   """
   if (bucket_mib is None and jax.default_backend() == 'cpu'
       and jax.process_count() == 1 and autotune.enabled()):
-    return autotune.training_width(model, params, optimizer, task, batch_size,
-                                   tuple(input_shape), shard_width=shard_width)
+    return autotune.training_sub_buckets(model, params, optimizer, task, batch_size,
+                                         tuple(input_shape), shard_width=shard_width,
+                                         unroll=num_shards == 1)
   mib = local.default_bucket_mib() if bucket_mib is None else bucket_mib
   if mib <= 0:
-    return 0
+    return autotune.SubBuckets(0)
   x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
   opt_state = jax.eval_shape(optimizer.init, params)
-  return local.max_width_for_bytes(
-      local.device_working_set_bytes(model.apply, params, opt_state, x_B), mib * 2**20)
+  return autotune.SubBuckets(local.max_width_for_bytes(
+      local.device_working_set_bytes(model.apply, params, opt_state, x_B), mib * 2**20))
 
 
 class LocalTrainer:
@@ -153,11 +155,11 @@ class LocalTrainer:
     key = tuple(input_shape)
     if key not in self._schedules:
       p = self.problem
-      max_width = sub_bucket_width(p.model, p.init_params, p.optimizer, p.task, p.batch_size,
-                                   key, p.num_devices // self.num_shards,
-                                   self.engine.bucket_mib)
-      schedule = local.LocalSchedule(bucket_widths=self._bucket_widths, max_width=max_width,
-                                     num_shards=self.num_shards)
+      plan = sub_buckets(p.model, p.init_params, p.optimizer, p.task, p.batch_size, key,
+                         p.num_devices // self.num_shards, self.engine.bucket_mib,
+                         self.num_shards)
+      schedule = local.LocalSchedule(bucket_widths=self._bucket_widths, max_width=plan.width,
+                                     num_shards=self.num_shards, unroll=plan.unroll)
       schedule.check(self.problem.num_devices)
       self._schedules[key] = schedule
     return self._schedules[key]

@@ -131,6 +131,10 @@ def select_tree(mask_N: jax.Array, new: PyTree, old: PyTree) -> PyTree:
   return jax.tree.map(pick, new, old)
 
 
+# The widest sub-bucket LocalSchedule(unroll=True) traces as separate step copies.
+UNROLL_MAX_WIDTH = 4
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalSchedule:
   """How :func:`masked_local_train` schedules the devices' masked steps (static).
@@ -155,6 +159,14 @@ class LocalSchedule:
   Buckets are gathered from and scattered back into the stacked state in place, so the
   temporaries (gradients, activations) are those of one (sub-)bucket, not of N devices.
 
+  ``unroll`` runs a sub-bucket's devices as separate copies of the device step in one
+  loop body instead of one vmapped step, with the same results. XLA:CPU runs independent
+  ops at the same time on different cores, so one device's data movement (patches,
+  pooling gradients, the optimizer's update) overlaps another's matmuls, where a vmapped
+  step runs them one op after another; compile time grows with the width (at most
+  :data:`UNROLL_MAX_WIDTH`). :func:`hadfl_jax.core.autotune.training_sub_buckets` times
+  it against the vmapped step.
+
   Attributes:
     bucket_widths: devices per bucket in each shard, summing to N / num_shards; empty
       means one bucket of all the shard's devices.
@@ -164,16 +176,23 @@ class LocalSchedule:
     num_shards: S, how many equal blocks the device axis is sharded into (see
       :mod:`hadfl_jax.sharding`); devices are sorted within their block, so bucketing
       never moves a device's state between accelerators.
+    unroll: each sub-bucket's devices as separate step copies (one shard, ``max_width``
+      from 1 to :data:`UNROLL_MAX_WIDTH`) instead of one vmapped step.
   """
 
   bucket_widths: tuple[int, ...] = ()
   max_width: int = 0
   num_shards: int = 1
+  unroll: bool = False
 
   def __post_init__(self):
     if self.num_shards < 1 or self.max_width < 0 or any(w < 1 for w in self.bucket_widths):
       raise ValueError('LocalSchedule needs num_shards >= 1, max_width >= 0 and widths '
                        f'>= 1, got {self}')
+    if self.unroll and not (self.num_shards == 1 and 1 <= self.max_width <= UNROLL_MAX_WIDTH):
+      raise ValueError('LocalSchedule(unroll=True) needs one shard and max_width from 1 to '
+                       f'{UNROLL_MAX_WIDTH} (the step is traced once per device of a '
+                       f'sub-bucket), got {self}')
 
   def check(self, num_devices: int) -> None:
     """Raises ValueError unless the schedule fits ``num_devices`` devices."""
@@ -311,19 +330,21 @@ def fit_bucket_widths(speed_N, num_buckets: int, num_shards: int = 1,
   return () if len(widths) == 1 else tuple(int(w) for w in widths)
 
 
-def _lift(device_step):
-  """``device_step`` over a leading device axis: ``jax.vmap``, except for an axis of one
-  device, which is dropped and restored around a plain call. XLA:CPU splits a loop fusion
-  over threads along its outer dimension; a vmap of one device puts a dimension of size 1
-  there, and the step's largest copies (the convolution's patches) ran single-threaded
+def lift(device_step, unroll: bool = False):
+  """``device_step`` over a leading device axis: ``jax.vmap``, or with ``unroll`` one
+  plain call per device, results stacked (:class:`LocalSchedule`, ``unroll``). An axis of
+  one device is always a plain call: XLA:CPU splits a loop fusion over threads along its
+  outer dimension; a vmap of one device puts a dimension of size 1 there, and the step's
+  largest copies (the convolution's patches) ran single-threaded
   (``benchmarks/step_profile.py``)."""
   vmapped = jax.vmap(device_step)
 
   def step_N(*args):
-    if jax.tree.leaves(args)[0].shape[0] != 1:
+    n = jax.tree.leaves(args)[0].shape[0]
+    if n != 1 and not unroll:
       return vmapped(*args)
-    out = device_step(*jax.tree.map(lambda x: x[0], args))
-    return jax.tree.map(lambda x: x[None], out)
+    outs = [device_step(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(n)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   return step_N
 
@@ -442,7 +463,7 @@ def masked_local_train(
   num_devices = devices.num_devices
   chex.assert_shape(budgets_N, (num_devices,))
   schedule.check(num_devices)
-  step_N = _lift(device_step)
+  step_N = lift(device_step, schedule.unroll)
   inputs = (devices.key, data.images, data.labels, data.counts)
   args = (step_N, devices.params, devices.opt_state, devices.steps, inputs, budgets_N)
   if schedule.is_single_loop(num_devices):
