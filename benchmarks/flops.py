@@ -218,19 +218,23 @@ def _engine_train(model, params, optimizer, data, devices, schedule, impl):
   return step, engine._engine(step, devices, data, schedule)  # pylint: disable=protected-access
 
 
+# Names of the training row timed with the other form of the chosen sub-buckets.
+OTHER_SUB_BUCKETS = {True: 'train/step copies', False: 'train/vmapped'}
+
 # Thread counts of the BLAS libraries numpy may link, set to 1 in the one-core child.
 _BLAS_THREAD_VARS = ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS',
                      'BLIS_NUM_THREADS', 'VECLIB_MAXIMUM_THREADS')
 
 
-def one_core(model_name: str, num_devices: int, width: int, impl: str | None, steps: int,
-             repeats: int) -> dict[str, Any] | None:
+def one_core(model_name: str, num_devices: int, schedule: local.LocalSchedule,
+             impl: str | None, steps: int, repeats: int) -> dict[str, Any] | None:
   """Seconds of the engine's training and of numpy's matmul on one core.
 
   A child process pinned to one CPU (``os.sched_setaffinity``, one BLAS thread) times
-  ``steps`` masked local steps of ``num_devices`` devices in sub-buckets of ``width``
-  with convolution ``impl`` (what :func:`measure` times on every core), round-robin with
-  :func:`numpy_matmul`. ``None`` where the OS cannot pin a process to a CPU.
+  ``steps`` masked local steps of ``num_devices`` devices in the sub-buckets of
+  ``schedule`` with convolution ``impl`` (what :func:`measure` times on every core),
+  round-robin with :func:`numpy_matmul`. ``None`` where the OS cannot pin a process to a
+  CPU.
 
   Returns:
     ``cpu`` (the CPU it ran on), ``train_seconds`` and ``matmul_seconds`` (medians).
@@ -241,7 +245,8 @@ def one_core(model_name: str, num_devices: int, width: int, impl: str | None, st
   env = dict(os.environ, **{var: '1' for var in _BLAS_THREAD_VARS})
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
-  args = json.dumps([model_name, num_devices, width, impl, steps, repeats])
+  args = json.dumps([model_name, num_devices, schedule.max_width, schedule.unroll, impl,
+                     steps, repeats])
   code = f'import json; from benchmarks import flops; flops._one_core_child(*json.loads({args!r}))'
   out = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, check=False,
                        capture_output=True, text=True,
@@ -252,14 +257,14 @@ def one_core(model_name: str, num_devices: int, width: int, impl: str | None, st
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _one_core_child(model_name, num_devices, width, impl, steps, repeats) -> None:
+def _one_core_child(model_name, num_devices, width, unroll, impl, steps, repeats) -> None:
   """:func:`one_core`'s measurement, in the pinned process: prints one JSON line."""
   model, params = common.init_params(model_name)
   optimizer = optax.sgd(0.01, momentum=0.9)
   data = common.random_device_data(num_devices, engine.PER_DEVICE)
   devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
   _, train = _engine_train(model, params, optimizer, data, devices,
-                           local.LocalSchedule(max_width=width), impl)
+                           local.LocalSchedule(max_width=width, unroll=unroll), impl)
   timings = common.interleaved_timings(
       {'train': lambda: train(steps), 'matmul': numpy_matmul()}, repeats)
   print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)),
@@ -269,10 +274,10 @@ def _one_core_child(model_name, num_devices, width, impl, steps, repeats) -> Non
 
 def run_schedule(model, params, optimizer, num_devices: int) -> local.LocalSchedule:
   """The sub-buckets a run uses (``engine.bucket_mib = None``,
-  :func:`hadfl_jax.core.engine.sub_bucket_width`: measured by autotune on CPU)."""
-  return local.LocalSchedule(max_width=engine_core.sub_bucket_width(
-      model, params, optimizer, None, engine.BATCH, common.IMAGE_SHAPE,
-      shard_width=num_devices, bucket_mib=None))
+  :func:`hadfl_jax.core.engine.sub_buckets`: measured by autotune on CPU)."""
+  plan = engine_core.sub_buckets(model, params, optimizer, None, engine.BATCH,
+                                 common.IMAGE_SHAPE, shard_width=num_devices, bucket_mib=None)
+  return local.LocalSchedule(max_width=plan.width, unroll=plan.unroll)
 
 
 def measure(model_name: str, num_devices: int, repeats: int, steps: int,
@@ -293,6 +298,12 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int,
   # slower on CPU (minutes here); autotune's cache keeps the times of every candidate.
   step, train = _engine_train(model, params, optimizer, data, devices, schedule, chosen_train)
   trains = {'train': train}
+  # The same sub-buckets the other way (vmapped or as separate step copies), for the A/B.
+  width = schedule.max_width or num_devices
+  if 2 <= width <= local.UNROLL_MAX_WIDTH:
+    other = local.LocalSchedule(max_width=width, unroll=not schedule.unroll)
+    trains[OTHER_SUB_BUCKETS[other.unroll]] = _engine_train(
+        model, params, optimizer, data, devices, other, chosen_train)[1]
   opt_state = optimizer.init(params)
   # Bytes as the chosen implementation accesses them; FLOP the model's own.
   _, step_bytes = cost(
@@ -347,7 +358,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int,
     flops[f'eval_devices/{name}'] = (forward_flops * DEVICE_EXAMPLES / EVAL_BATCH
                                      * num_devices)
   rates = {k: flops[k] / t['wall'] for k, t in timings.items()}
-  single = (one_core(model_name, num_devices, schedule.max_width, chosen_train, steps, repeats)
+  single = (one_core(model_name, num_devices, schedule, chosen_train, steps, repeats)
             if with_one_core else None)
   if single is not None:
     single = dict(single, train_flops_per_s=flops['train'] / single['train_seconds'],
@@ -365,6 +376,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int,
               seconds={k: t['wall'] for k, t in timings.items()},
               cpu_seconds={k: t['cpu'] for k, t in timings.items()}, flops_per_s=rates,
               train_vs_matmul=rates['train'] / limit, one_core=single,
+              sub_buckets=dict(width=schedule.max_width, unroll=schedule.unroll),
               eval_vs_train=chosen_eval / rates['train'],
               examples_per_s=examples_per_s,
               train_vs_plain=examples_per_s['train'] / best_plain,
@@ -400,6 +412,16 @@ def markdown(result: dict[str, Any]) -> str:
       lines.append(f'| {r["model"]} | {r["num_devices"]} | {r["matmul_flops_per_s"] / 1e9:.0f} '
                    f'| {what} | {rate / 1e9:.1f} | {rate / r["matmul_flops_per_s"]:.2f} | '
                    f'{rate / train:.2f} |')
+    if 'sub_buckets' in r:
+      sb = r['sub_buckets']
+      lines += ['', f'Training runs the sub-buckets a run uses (autotune\'s measurement): '
+                f'{sb["width"] or r["num_devices"]} devices each, '
+                + ('as separate step copies' if sb['unroll'] else 'one vmapped step') + '.']
+      other = OTHER_SUB_BUCKETS[not sb['unroll']]
+      if other in r['flops_per_s']:
+        lines[-1] += (f' The same sub-buckets {"vmapped" if sb["unroll"] else "as step copies"}'
+                      f' (`{other}`): chosen / other = '
+                      f'**{r["flops_per_s"]["train"] / r["flops_per_s"][other]:.2f}**.')
     lines += ['', f'Training (with the chosen convolution `{r.get("chosen_train_conv")}`) / '
               f'matmul limit: {r["train_vs_matmul"]:.2f} (goal >= 0.5). '
               f'Evaluation (the slower of consensus and devices, with the chosen convolution '
