@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from hadfl_jax import algorithms
 from hadfl_jax import models
 from hadfl_jax import train
 from hadfl_jax import validation
@@ -290,3 +291,30 @@ def test_releasing_free_memory_without_glibc_does_nothing(monkeypatch):
 
   monkeypatch.setattr(ctypes, 'CDLL', no_glibc)
   assert machine.release_free_memory() is False
+
+
+@pytest.mark.parametrize('algorithm', algorithms.names())
+def test_sub_buckets_as_step_copies_run_every_algorithm_alike(algorithm, quick_config, tmp_path,
+                                                             monkeypatch):
+  # The measured plan with sub-buckets of two devices, vmapped or as separate step copies:
+  # every algorithm's run gives the same metrics up to float rounding.
+  monkeypatch.setenv(autotune.ENABLED_ENV, '1')
+  quick_config.algorithm = algorithm
+  quick_config.num_cycles = quick_config.eval_every = 2
+  quick_config.engine.num_buckets = 2  # Buckets of four devices: two sub-buckets each.
+  metrics = {}
+  for unroll in (False, True):
+    monkeypatch.setattr(autotune, 'training_sub_buckets',
+                        lambda *a, copies=unroll, **k: autotune.SubBuckets(2, copies))
+    workdir = tmp_path / str(unroll)
+    train.train_and_evaluate(quick_config, str(workdir), verbose=False)
+    lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+    metrics[unroll] = [json.loads(line) for line in lines]
+    timing = json.loads((workdir / 'timing.json').read_text())
+    assert timing['implementation']['sub_buckets'] == {'width': 2, 'unroll': unroll}
+  assert len(metrics[False]) == len(metrics[True]) >= 1
+  for vmapped, copies in zip(metrics[False], metrics[True]):
+    assert copies.keys() == vmapped.keys()
+    for key, value in vmapped.items():
+      if isinstance(value, float):  # NaN where no device trained in an evaluated cycle.
+        assert copies[key] == pytest.approx(value, rel=1e-3, abs=1e-3, nan_ok=True), key
