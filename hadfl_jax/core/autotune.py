@@ -10,8 +10,9 @@ native convolution, the natural choice on GPUs and TPUs too. One default for eve
 is wrong somewhere, so with ``engine.conv_impl = 'auto'`` (the default) each is timed where
 it runs:
 
-* :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices, as
-  the engine's masked loop runs them (:class:`hadfl_jax.core.engine.LocalTrainer`);
+* :func:`training_conv_impl`: a few vmapped local steps of a sub-bucket of devices (as
+  wide as ``engine.bucket_mib``'s budget allows) in a loop like the engine's
+  (:class:`hadfl_jax.core.engine.LocalTrainer`);
 * :func:`training_sub_buckets`: that sub-bucket's width (cache blocking on CPU) and
   whether its devices run as one vmapped step or as separate step copies that XLA:CPU
   can overlap, per device-step, for ``engine.bucket_mib = None`` on CPU;
@@ -184,15 +185,17 @@ def call_timer(fn: Callable[..., Any], *args,
 
 def lazy_timer(make: Callable[[], Callable[[], float]]) -> Callable[[], float]:
   """A sampler that builds its inputs and its program (``make()``, a sampler) at its first
-  sample: where a choice is cached, no candidate's inputs are made or compiled."""
-  sampler = None
+  sample: where a choice is cached, no candidate's inputs are made or compiled. Its
+  ``release()`` drops what it built (:func:`choose` calls it once the choice is made, so
+  the candidates' inputs and programs are not held while the run goes on)."""
+  built = {}
 
   def sample() -> float:
-    nonlocal sampler
-    if sampler is None:
-      sampler = make()
-    return sampler()
+    if 'sampler' not in built:
+      built['sampler'] = make()
+    return built['sampler']()
 
+  sample.release = built.clear
   return sample
 
 
@@ -239,7 +242,8 @@ def time_call(fn: Callable[..., Any], *args, repeats: int = REPEATS,
 
 def choose(what: str, work: Mapping[str, Any],
            candidates: Mapping[str, Callable[[], float]], *,
-           per: Mapping[str, float] | None = None, path: str | None = None) -> str:
+           per: Mapping[str, float] | None = None, path: str | None = None,
+           repeats: int = REPEATS, budget_s: float = BUDGET_S) -> str:
   """The fastest of ``candidates`` for ``work`` on this machine, from the cache if it was
   measured before.
 
@@ -253,6 +257,8 @@ def choose(what: str, work: Mapping[str, Any],
     per: each candidate's units of work per call (default 1): the choice is the fastest
       per unit, e.g. per device-step or per example.
     path: the cache file (default :func:`cache_path`).
+    repeats: samples of each candidate, at most (:func:`measure`).
+    budget_s: a candidate is sampled again only while its samples took less than this.
 
   Returns:
     The name of the fastest candidate (process 0's, with several processes).
@@ -265,7 +271,9 @@ def choose(what: str, work: Mapping[str, Any],
                    default=str)
   entry = _memory.get(key) or _load(path).get(key)
   if entry is None or entry.get('choice') not in candidates:
-    seconds = measure(candidates, per=per)
+    seconds = measure(candidates, per=per, repeats=repeats, budget_s=budget_s)
+    for candidate in candidates.values():  # Drop their inputs and programs (lazy_timer).
+      getattr(candidate, 'release', lambda: None)()
     machine.release_free_memory()  # What the candidates held goes back to the system.
     entry = {'choice': min(names, key=seconds.__getitem__), 'seconds': seconds,
              'measured': time.strftime('%Y-%m-%dT%H:%M:%S')}
@@ -334,14 +342,17 @@ def _sub_bucket_timer(model, params: PyTree, optimizer, task, batch_size: int,
   """A sampler (:func:`call_timer`) of the engine's own masked loop
   (:func:`hadfl_jax.core.local.masked_local_train`) giving ``steps`` local steps to each of
   two sub-buckets of ``width`` devices (``unroll``: as separate step copies), on random
-  examples: the sub-buckets' gathers and scatters and the first steps of each, which the
-  steady state of a longer loop amortises, are timed as a cycle runs them. Built at its
-  first sample; infinite beyond :data:`TIMED_MIB` of temporaries."""
+  uint8 examples: the sub-buckets' gathers and scatters and the first steps of each, which
+  a longer loop amortises, are timed with the steps (a run's sub-buckets may be narrower
+  than ``width``: a bucket is cut into sub-buckets of equal width). Built at its first
+  sample; infinite beyond :data:`TIMED_MIB` of temporaries."""
 
   def make() -> Callable[[], float]:
     from hadfl_jax.core import device_data, local  # pylint: disable=g-import-not-at-top
     n, pool = 2 * width, 4 * batch_size
-    data = device_data.DeviceData(images=_random_inputs((n, pool) + tuple(input_shape)),
+    rng = np.random.default_rng(0)  # Stored images are uint8, as a run's DeviceData.
+    images = rng.integers(0, 256, (n, pool) + tuple(input_shape), dtype=np.uint8)
+    data = device_data.DeviceData(images=jnp.asarray(images),
                                   labels=jnp.zeros((n, pool), jnp.int32),
                                   counts=jnp.full((n,), pool, jnp.int32))
     devices = local.init_devices(jax.random.PRNGKey(1), params, optimizer, n)
@@ -399,6 +410,18 @@ def timed_bytes() -> float | None:
   return TIMED_MIB * 2**20 if jax.default_backend() == 'cpu' else None
 
 
+# Step copies are taken only when at least this much faster per device-step than the
+# fastest vmapped sub-bucket: they cost compile time (the step is traced once per device),
+# and gains under a few percent are within a shared machine's noise. The seconds a choice
+# records for them include this handicap.
+UNROLL_MARGIN = 1.03
+# Samples of each sub-bucket candidate (the best counts), and the seconds after which a
+# candidate is sampled no more: with best-of-3 samples of 1 s, step copies measured 1%
+# faster than the vmapped step on a machine where best-of-5 found them 4 to 6% faster.
+SUB_BUCKET_REPEATS = 5
+SUB_BUCKET_BUDGET_S = 3.0
+
+
 class SubBuckets(NamedTuple):
   """How the engine's loop runs a bucket's devices (:class:`hadfl_jax.core.local.LocalSchedule`).
 
@@ -427,7 +450,8 @@ def training_sub_buckets(model, params: PyTree, optimizer, task, batch_size: int
   ``unroll=False`` times vmapped steps only (a sharded device axis).
 
   Each candidate runs the engine's masked loop for ``steps`` local steps of two
-  sub-buckets (:func:`_sub_bucket_timer`). Fewer steps favour narrow sub-buckets: the
+  sub-buckets (:func:`_sub_bucket_timer`); step copies must be :data:`UNROLL_MARGIN`
+  faster than the fastest vmapped width to be taken. Fewer steps favour narrow sub-buckets: the
   first steps of a loop, which warm the caches with its devices' states, cost more per
   device the wider it is (timed with 2 steps, one device per sub-bucket looked fastest on
   a 2-core CPU where, at 16 steps as a run takes them, two as step copies were 6% faster).
@@ -452,9 +476,14 @@ def training_sub_buckets(model, params: PyTree, optimizer, task, batch_size: int
                                       input_shape, plan.width, plan.unroll, steps)
               for name, plan in plans.items()}
     work = dict(_training_work(model, params, optimizer, batch_size, input_shape),
-                shard_width=shard_width, unroll=unroll, steps=steps)
-    best = plans[choose('training_sub_buckets', work, timers,
-                        per={name: 2 * plan.width * steps for name, plan in plans.items()})]
+                shard_width=shard_width, unroll=unroll, steps=steps,
+                unroll_margin=UNROLL_MARGIN)
+    # Per device-step; step copies must beat the vmapped step by UNROLL_MARGIN.
+    per = {name: 2 * plan.width * steps / (UNROLL_MARGIN if plan.unroll else 1.0)
+           for name, plan in plans.items()}
+    # More samples than other choices: the differences are a few percent.
+    best = plans[choose('training_sub_buckets', work, timers, per=per,
+                        repeats=SUB_BUCKET_REPEATS, budget_s=SUB_BUCKET_BUDGET_S)]
   if best.width >= shard_width and not best.unroll:
     return SubBuckets(0)
   return best
