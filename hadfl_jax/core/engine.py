@@ -44,8 +44,8 @@ class EngineConfig(tc.Section):
                                 'budget-sorted buckets; 1 runs one masked loop')
   bucket_mib: float | None = tc.number(
       None, low=0, optional=True, doc='MiB of device working sets per sub-bucket (cache '
-      'blocking); None: the width measured fastest on CPU (core/autotune.py), no limit on '
-      'GPU/TPU; 0: no limit')
+      'blocking, vmapped); None: the width, and vmapped or as step copies, measured fastest '
+      'on CPU (core/autotune.py), no limit on GPU/TPU; 0: no limit')
   mesh_shards: int = tc.integer(0, low=0, doc='accelerators the device axis is sharded '
                                 'over; 0 = all')
   conv_impl: str = tc.choice('auto', autotune.CHOICES,
@@ -117,7 +117,8 @@ class LocalTrainer:
 
   Built once per algorithm from the problem and the engine settings: the per-device step
   (the problem's model, optimizer and task), the bucket widths fitted to the speed
-  profile, the sub-bucket width from the device working set, the shard count. Every
+  profile, the sub-buckets (:func:`sub_buckets`: measured on CPU, else sized by
+  ``engine.bucket_mib``), the shard count. Every
   schedule gives every device the same result up to float rounding.
 
   Args:

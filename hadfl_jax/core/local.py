@@ -353,7 +353,7 @@ def _masked_loop(step_N, params, opt_state, steps_N, inputs, budgets_N):
   """The masked while loop over devices ``(params, opt_state, steps_N)`` (leading axis n).
 
   Args:
-    step_N: the vmapped device step.
+    step_N: the device step over a leading device axis (:func:`lift`).
     params: stacked parameters.
     opt_state: stacked optimizer states.
     steps_N: int32 (n,), each device's step counter.
@@ -442,7 +442,8 @@ def masked_local_train(
     budgets_N: jax.Array,
     schedule: LocalSchedule | None = None,
 ) -> tuple[DeviceState, jax.Array]:
-  """Runs ``budgets_N[i]`` local steps on every device i, all devices in one vmap.
+  """Runs ``budgets_N[i]`` local steps on every device i, in the masked loops of
+  ``schedule`` (by default one loop, all devices in one vmap).
 
   Args:
     device_step: a function from :func:`make_device_step`.
