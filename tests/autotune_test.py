@@ -298,16 +298,25 @@ def test_sub_buckets_as_step_copies_run_every_algorithm_alike(algorithm, quick_c
                                                              monkeypatch):
   # The measured plan with sub-buckets of two devices, vmapped or as separate step copies:
   # every algorithm's run gives the same metrics up to float rounding.
-  monkeypatch.setenv(autotune.ENABLED_ENV, '1')
+  if jax.default_backend() != 'cpu':
+    pytest.skip('sub-buckets are measured on CPU only (engine.sub_buckets)')
+  from hadfl_jax.core import local
   quick_config.algorithm = algorithm
   quick_config.num_cycles = quick_config.eval_every = 2
   quick_config.engine.num_buckets = 2  # Buckets of four devices: two sub-buckets each.
+  lifted = []  # How the trainers lifted the device step over its sub-buckets.
+  lift = local.lift
+  monkeypatch.setattr(local, 'lift', lambda step, unroll=False: (lifted.append(unroll),
+                                                                   lift(step, unroll))[1])
   metrics = {}
   for unroll in (False, True):
     monkeypatch.setattr(autotune, 'training_sub_buckets',
                         lambda *a, copies=unroll, **k: autotune.SubBuckets(2, copies))
     workdir = tmp_path / str(unroll)
+    lifted.clear()
     train.train_and_evaluate(quick_config, str(workdir), verbose=False)
+    # The trainers ran the plan (DDP averages every step's gradients: no local loop).
+    assert set(lifted) == (set() if algorithm == 'ddp' else {unroll})
     lines = (workdir / 'metrics.jsonl').read_text().splitlines()
     metrics[unroll] = [json.loads(line) for line in lines]
     timing = json.loads((workdir / 'timing.json').read_text())
@@ -316,5 +325,7 @@ def test_sub_buckets_as_step_copies_run_every_algorithm_alike(algorithm, quick_c
   for vmapped, copies in zip(metrics[False], metrics[True]):
     assert copies.keys() == vmapped.keys()
     for key, value in vmapped.items():
-      if isinstance(value, float):  # NaN where no device trained in an evaluated cycle.
-        assert copies[key] == pytest.approx(value, rel=1e-3, abs=1e-3, nan_ok=True), key
+      # Within one test example of 360 (accuracies); NaN where no device trained in an
+      # evaluated cycle.
+      if isinstance(value, float):
+        assert copies[key] == pytest.approx(value, rel=1e-3, abs=3e-3, nan_ok=True), key

@@ -32,7 +32,8 @@ def _train(step, devices, data, budgets_N, schedule):
     ((1, 5), 2, 1, False), ((), 0, 2, False), ((2, 1), 0, 2, False), ((1, 1), 0, 3, False),
     ((), 1, 3, False),
     ((), 1, 1, False),  # Sub-buckets of one device: no vmap and no mask (local.lift).
-    # Sub-buckets as separate step copies: a padded one (4 + 2 idle slots), and buckets.
+    # Sub-buckets as separate step copies: two of three devices; a bucket of five in three
+    # sub-buckets of two (one idle slot); buckets of two and of four (two sub-buckets).
     ((), 4, 1, True), ((1, 5), 2, 1, True), ((2, 4), 3, 1, True),
 ])
 def test_buckets_match_single_loop(six_devices, widths, max_width, shards, unroll):
