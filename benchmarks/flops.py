@@ -22,10 +22,11 @@ machine moves the limit and the rates set against it alike. Rates:
   limited by data movement rather than by its matmuls (``train_vs_bandwidth_bound``);
 * one core: the engine's training and numpy's matmul again, in a child process pinned to
   one CPU with one BLAS thread (:func:`one_core`). Their ratio is the step's own
-  efficiency, whatever the parallel schedule: with C cores each training devices on its
-  own core at that rate, with nothing lost to sharing memory, training would reach C x
-  the one-core training rate over the all-core matmul rate (``parallel_bound``), an upper
-  bound on what any split of the work over the cores can give;
+  efficiency, with no parallel schedule involved. With C cores each training devices on
+  its own core at that rate, training would reach C x the one-core training rate over the
+  all-core matmul rate (``parallel_bound``): what splitting this step over the cores can
+  give if it scales linearly (the cores' own caches could do a little better, a
+  different step would change it);
 * ``plain loop/<conv>`` (``plain loop/model`` for a model without convolutions): the
   same model, batch and optimizer as a plain jitted single-device step (forward,
   backward, momentum SGD) called from a Python loop on float32 batches prepared
@@ -237,7 +238,8 @@ def one_core(model_name: str, num_devices: int, schedule: local.LocalSchedule,
   CPU.
 
   Returns:
-    ``cpu`` (the CPU it ran on), ``train_seconds`` and ``matmul_seconds`` (medians).
+    ``cpus`` (the CPUs it could run on: one), ``train_seconds`` and ``matmul_seconds``
+    (medians).
   """
   if not hasattr(os, 'sched_setaffinity'):
     return None
@@ -247,14 +249,18 @@ def one_core(model_name: str, num_devices: int, schedule: local.LocalSchedule,
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
   args = json.dumps([model_name, num_devices, schedule.max_width, schedule.unroll, impl,
                      steps, repeats])
-  code = f'import json; from benchmarks import flops; flops._one_core_child(*json.loads({args!r}))'
+  # Pinned before numpy and JAX start their threads (XLA sizes its pool from the affinity).
+  code = (f'import os; os.sched_setaffinity(0, {{{cpu}}}); import json; '
+          f'from benchmarks import flops; flops._one_core_child(*json.loads({args!r}))')
   out = subprocess.run([sys.executable, '-c', code], env=env, cwd=root, check=False,
-                       capture_output=True, text=True,
-                       preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-  if out.returncode:
-    raise RuntimeError(f'the one-core measurement failed (exit {out.returncode}):\n'
-                       f'{out.stderr[-2000:]}')
-  return json.loads(out.stdout.strip().splitlines()[-1])
+                       capture_output=True, text=True)
+  try:
+    if out.returncode:
+      raise ValueError(f'exit status {out.returncode}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+  except (ValueError, IndexError) as e:  # json.JSONDecodeError is a ValueError.
+    raise RuntimeError(f'the one-core measurement failed ({e}); its output ends:\n'
+                       f'{out.stdout[-1000:]}\n{out.stderr[-2000:]}') from None
 
 
 def _one_core_child(model_name, num_devices, width, unroll, impl, steps, repeats) -> None:
@@ -299,7 +305,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int,
   step, train = _engine_train(model, params, optimizer, data, devices, schedule, chosen_train)
   trains = {'train': train}
   # The same sub-buckets the other way (vmapped or as separate step copies), for the A/B.
-  width = schedule.max_width or num_devices
+  width = min(num_devices, schedule.max_width or num_devices)
   if 2 <= width <= local.UNROLL_MAX_WIDTH:
     other = local.LocalSchedule(max_width=width, unroll=not schedule.unroll)
     trains[OTHER_SUB_BUCKETS[other.unroll]] = _engine_train(
@@ -432,9 +438,9 @@ def markdown(result: dict[str, Any]) -> str:
                 f'thread): training {single["train_flops_per_s"] / 1e9:.1f} GFLOP/s, numpy\'s '
                 f'matmul {single["matmul_flops_per_s"] / 1e9:.0f}: **'
                 f'{single["train_vs_matmul"]:.2f}** of the core\'s matmul rate, the step\'s own '
-                f'efficiency. {single["cores"]} cores each training at that rate, nothing lost '
-                f'to sharing memory, would reach {single["parallel_bound"]:.2f} of the all-core '
-                'matmul rate: the most any split of the work over the cores can give.']
+                f'efficiency. {single["cores"]} cores each training at that rate would reach '
+                f'{single["parallel_bound"]:.2f} of the all-core matmul rate: what splitting '
+                'this step over the cores gives if it scales linearly.']
     elif 'one_core' in r:
       lines += ['', 'On one core: not measured (this OS cannot pin a process to a CPU).']
     if 'train_vs_plain' in r:

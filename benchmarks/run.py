@@ -99,7 +99,7 @@ def targets(results: dict[str, Any]) -> list[str]:
     if single:
       out.append(f"the step on one core: {single['train_vs_matmul']:.2f}x that core's matmul "
                  f"rate; every core at that rate would give {single['parallel_bound']:.2f}x the "
-                 "all-core rate, the most any split over the cores can reach")
+                 "all-core rate (linear scaling)")
     out.append(f"{'met' if r['eval_vs_train'] >= 1.0 else 'NOT met'}: evaluation >= training's "
                f"FLOP rate, {r['model']}: {r['eval_vs_train']:.2f}x")
   for r in results.get('memory', {}).get('rows', []):

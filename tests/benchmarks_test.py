@@ -86,8 +86,8 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
   other = {flops.OTHER_SUB_BUCKETS[not row['sub_buckets']['unroll']]}
   assert set(row['flops_per_s']) - other == {
       'train', 'eval_consensus/chosen', 'eval_devices/chosen', 'plain loop/model'}
-  assert (other <= set(row['flops_per_s'])) == (
-      2 <= (row['sub_buckets']['width'] or 2) <= local.UNROLL_MAX_WIDTH)
+  width = min(row['num_devices'], row['sub_buckets']['width'] or row['num_devices'])
+  assert (other <= set(row['flops_per_s'])) == (2 <= width <= local.UNROLL_MAX_WIDTH)
   # The plain loop's step is the engine's step: the same FLOP per example (within the
   # engine's own bookkeeping), and it ran as many examples.
   assert row['flops']['plain loop/model'] == pytest.approx(row['flops']['train'], rel=0.1)
@@ -119,6 +119,20 @@ def test_flop_rates_are_measured_against_the_matmul_limit():
   assert 'vector extensions' in text and '| small_mlp | 2 |' in text
   assert ('On one core (a process pinned to CPU' in text) == (single is not None)
   assert 'a plain single-device loop of the same step' in text and 'GB/s on 4 MB' in text
+
+
+def test_flop_rates_time_the_chosen_sub_buckets_the_other_way_too(monkeypatch):
+  monkeypatch.setattr(flops, 'run_schedule',
+                      lambda *a: local.LocalSchedule(max_width=2, unroll=True))
+  row = flops.measure('small_mlp', 4, repeats=1, steps=1, with_one_core=False)
+  assert row['sub_buckets'] == {'width': 2, 'unroll': True} and row['one_core'] is None
+  # The same work both ways: as many FLOP, each timed.
+  assert row['flops']['train/vmapped'] == row['flops']['train']
+  assert row['seconds']['train/vmapped'] > 0
+  text = flops.markdown({'rows': [row], 'device': common.cpu_info()})
+  ratio = row['flops_per_s']['train'] / row['flops_per_s']['train/vmapped']
+  assert ('2 devices each, as separate step copies. The same sub-buckets vmapped '
+          f'(`train/vmapped`): chosen / other = **{ratio:.2f}**.') in text
 
 
 def test_step_profile_counts_the_dots_flop_by_hand():
