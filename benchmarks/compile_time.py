@@ -100,7 +100,7 @@ def prepare(name: str, num_buckets: int, bucket_mib: float | None,
       scenario=name, model=config.model, num_devices=config.num_devices,
       num_buckets=num_buckets,
       bucket_widths=list(schedule.bucket_widths),
-      max_width=schedule.max_width,
+      max_width=schedule.max_width, unroll=schedule.unroll,
       first_cycle_s=first, trace_s=phases.get('jaxpr_trace', 0.0),
       lower_s=phases.get('jaxpr_to_mlir_module', 0.0),
       compile_s=phases.get('backend_compile', 0.0))
@@ -158,11 +158,12 @@ def run(quick: bool) -> dict[str, Any]:
   return dict(rows=rows, device=common.cpu_info())
 
 
-def _describe(widths: list[int], max_width: int) -> str:
+def _describe(widths: list[int], max_width: int, unroll: bool = False) -> str:
   if not widths and not max_width:
     return 'single masked loop'
   out = f"buckets {','.join(map(str, widths))}" if widths else 'one bucket'
-  return out + (f', sub-buckets of <= {max_width}' if max_width else '')
+  copies = ' as step copies' if unroll else ''
+  return out + (f', sub-buckets of <= {max_width}{copies}' if max_width else '')
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -174,7 +175,7 @@ def markdown(result: dict[str, Any]) -> str:
         'never' if r['break_even_cycles'] is None else f"{r['break_even_cycles']:.0f} cycles")
     lines.append(
         f"| {r['scenario']} ({r['model']}, N={r['num_devices']}) | "
-        f"{_describe(r['bucket_widths'], r['max_width'])} | "
+        f"{_describe(r['bucket_widths'], r['max_width'], r.get('unroll', False))} | "
         f"{r['trace_s'] + r['lower_s']:.2f} s | {r['compile_s']:.2f} s | "
         f"{r['traces_after_first']} / {r['recompiles_after_first']} in {r['later_cycles']} "
         f"({r['distinct_budgets']}) | {r['jit_cache_entries']} | {r['cycle_s']:.3f} s | "

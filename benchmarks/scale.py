@@ -102,7 +102,8 @@ def child(num_devices: int, num_cycles: int) -> dict[str, Any]:
   loss = float(np.mean(info.train_loss_N[info.budgets_N > 0]))
   return dict(
       num_devices=num_devices, model=config.model, params=setup.problem.num_params,
-      schedule=dict(bucket_widths=list(schedule.bucket_widths), max_width=schedule.max_width),
+      schedule=dict(bucket_widths=list(schedule.bucket_widths), max_width=schedule.max_width,
+                    unroll=schedule.unroll),
       state_bytes=state_bytes, data_bytes=common.tree_bytes(setup.device_data),
       compiled=analyses, rss_after_setup_bytes=rss_setup, rss_with_state_bytes=rss_state,
       rss_before_cycle_bytes=rss_cycle, peak_rss_in_cycle_bytes=peak_cycle,
@@ -147,7 +148,8 @@ def markdown(r: dict[str, Any]) -> str:
   lines = [
       '| quantity | value |', '|---|---|',
       f"| devices, model | {r['num_devices']:,} x {r['model']} ({r['params']:,} params), "
-      f"sub-buckets of {r['schedule']['max_width']} |",
+      f"sub-buckets of {r['schedule']['max_width']}"
+      f"{' as step copies' if r['schedule'].get('unroll') else ''} |",
       f"| stacked device state (params + optimizer) | {gb(r['state_bytes'])} |",
       f"| stacked MNIST shards (uint8) | {gb(r['data_bytes'])} |",
       f"| resident memory added by building the state | "

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import aggregation
 from benchmarks import common
+from benchmarks import compile_time
 from benchmarks import engine
 from benchmarks import eval_share
 from benchmarks import flops
@@ -133,6 +134,13 @@ def test_flop_rates_time_the_chosen_sub_buckets_the_other_way_too(monkeypatch):
   ratio = row['flops_per_s']['train'] / row['flops_per_s']['train/vmapped']
   assert ('2 devices each, as separate step copies. The same sub-buckets vmapped '
           f'(`train/vmapped`): chosen / other = **{ratio:.2f}**.') in text
+
+
+def test_compile_time_names_the_schedule_that_compiled():
+  assert compile_time._describe([], 0) == 'single masked loop'
+  assert compile_time._describe([1, 2], 2) == 'buckets 1,2, sub-buckets of <= 2'
+  assert (compile_time._describe([4, 4], 2, unroll=True)
+          == 'buckets 4,4, sub-buckets of <= 2 as step copies')
 
 
 def test_step_profile_counts_the_dots_flop_by_hand():
