@@ -145,10 +145,7 @@ def build_setup(config: ml_collections.ConfigDict) -> Setup:
   )
   # The sub-buckets of the engine's loop (measured on CPU; the trainers make the same
   # cached choice): what ran how, recorded with the convolution.
-  shards = sharding.mesh_size(engine)
-  plan = engine_core.sub_buckets(model, params, optimizer, task, config.batch_size,
-                                 input_shape, config.num_devices // shards, engine.bucket_mib,
-                                 shards)
+  plan = engine_core.problem_sub_buckets(problem, engine, input_shape)
   implementation = {} if impl is None else {'training_conv': impl}
   implementation['sub_buckets'] = plan._asdict()
   return Setup(problem, device_data, test, report, implementation)

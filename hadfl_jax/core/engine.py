@@ -112,6 +112,16 @@ def sub_buckets(model, params, optimizer, task, batch_size: int,
       local.device_working_set_bytes(model.apply, params, opt_state, x_B), mib * 2**20))
 
 
+def problem_sub_buckets(problem: problem_lib.Problem, engine: EngineConfig,
+                        input_shape: tuple[int, ...]) -> autotune.SubBuckets:
+  """:func:`sub_buckets` for ``problem``'s local training under ``engine``: what
+  :class:`LocalTrainer` runs, and what a run records."""
+  num_shards = sharding.mesh_size(engine)
+  return sub_buckets(problem.model, problem.init_params, problem.optimizer, problem.task,
+                     problem.batch_size, tuple(input_shape), problem.num_devices // num_shards,
+                     engine.bucket_mib, num_shards)
+
+
 class LocalTrainer:
   """``trainer(devices, data, budgets_N) -> (devices, loss_N)`` for one problem.
 
@@ -155,10 +165,7 @@ class LocalTrainer:
     """The static schedule for inputs of one example's ``input_shape``."""
     key = tuple(input_shape)
     if key not in self._schedules:
-      p = self.problem
-      plan = sub_buckets(p.model, p.init_params, p.optimizer, p.task, p.batch_size, key,
-                         p.num_devices // self.num_shards, self.engine.bucket_mib,
-                         self.num_shards)
+      plan = problem_sub_buckets(self.problem, self.engine, key)
       schedule = local.LocalSchedule(bucket_widths=self._bucket_widths, max_width=plan.width,
                                      num_shards=self.num_shards, unroll=plan.unroll)
       schedule.check(self.problem.num_devices)
