@@ -211,6 +211,16 @@ def _test_split(n: int) -> data_lib.Split:
                         num_classes=common.NUM_CLASSES)
 
 
+def _setup(model_name: str, num_devices: int):
+  """The model, its parameters, the optimizer, random device data and the stacked device
+  states that :func:`measure` and the one-core child train."""
+  model, params = common.init_params(model_name)
+  optimizer = optax.sgd(0.01, momentum=0.9)
+  data = common.random_device_data(num_devices, engine.PER_DEVICE)
+  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
+  return model, params, optimizer, data, devices
+
+
 def _engine_train(model, params, optimizer, data, devices, schedule, impl):
   """The engine's device step with convolution ``impl`` (``None`` for a model without the
   choice) and a function running ``h`` masked local steps of every device."""
@@ -265,10 +275,7 @@ def one_core(model_name: str, num_devices: int, schedule: local.LocalSchedule,
 
 def _one_core_child(model_name, num_devices, width, unroll, impl, steps, repeats) -> None:
   """:func:`one_core`'s measurement, in the pinned process: prints one JSON line."""
-  model, params = common.init_params(model_name)
-  optimizer = optax.sgd(0.01, momentum=0.9)
-  data = common.random_device_data(num_devices, engine.PER_DEVICE)
-  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
+  model, params, optimizer, data, devices = _setup(model_name, num_devices)
   _, train = _engine_train(model, params, optimizer, data, devices,
                            local.LocalSchedule(max_width=width, unroll=unroll), impl)
   timings = common.interleaved_timings(
@@ -291,10 +298,7 @@ def measure(model_name: str, num_devices: int, repeats: int, steps: int,
   """Training and evaluation FLOP/s of one model, and the matmul limit, in one run;
   with ``with_one_core`` (where the OS can pin a process to a CPU), the same training and
   matmul on one core (:func:`one_core`)."""
-  model, params = common.init_params(model_name)
-  optimizer = optax.sgd(0.01, momentum=0.9)
-  data = common.random_device_data(num_devices, engine.PER_DEVICE)
-  devices = local.init_devices(jax.random.PRNGKey(0), params, optimizer, num_devices)
+  model, params, optimizer, data, devices = _setup(model_name, num_devices)
   schedule = run_schedule(model, params, optimizer, num_devices)
   # Training with the convolution autotune chooses here (what runs use), and with each.
   chosen_train = autotune.training_conv_impl(

@@ -451,10 +451,11 @@ def training_sub_buckets(model, params: PyTree, optimizer, task, batch_size: int
 
   Each candidate runs the engine's masked loop for ``steps`` local steps of two
   sub-buckets (:func:`_sub_bucket_timer`); step copies must be :data:`UNROLL_MARGIN`
-  faster than the fastest vmapped width to be taken. Fewer steps favour narrow sub-buckets: the
-  first steps of a loop, which warm the caches with its devices' states, cost more per
-  device the wider it is (timed with 2 steps, one device per sub-bucket looked fastest on
-  a 2-core CPU where, at 16 steps as a run takes them, two as step copies were 6% faster).
+  faster than the fastest vmapped width to be taken. Fewer steps favour narrow
+  sub-buckets: the first steps of a loop, which warm the caches with its devices' states,
+  cost more per device the wider it is (timed with 2 steps, one device per sub-bucket
+  looked fastest on a 2-core CPU where, at 16 steps as a run takes them, two as step
+  copies were 6% faster).
   """
   from hadfl_jax.core import local  # pylint: disable=g-import-not-at-top
   x_B = jax.ShapeDtypeStruct((batch_size,) + tuple(input_shape), jnp.float32)
